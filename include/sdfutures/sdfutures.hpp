@@ -1,0 +1,8 @@
+#pragma once
+// sdfutures: run C++ work in systemd transient units, futures-style.
+
+#include "sdfutures/bus.hpp"
+#include "sdfutures/error.hpp"
+#include "sdfutures/manager.hpp"
+#include "sdfutures/properties.hpp"
+#include "sdfutures/unit.hpp"

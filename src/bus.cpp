@@ -1,0 +1,129 @@
+#include "sdfutures/bus.hpp"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+
+#include "bus_state.hpp"
+#include "sdfutures/error.hpp"
+
+namespace sdfutures {
+namespace detail {
+
+Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout) {
+    if (!timeout) return std::nullopt;
+    return std::chrono::steady_clock::now() + *timeout;
+}
+
+void throw_systemd_error(const std::string& call, const sdbus::Error& e) {
+    throw SystemdError(call, e.getName(), e.getMessage());
+}
+
+void BusState::check_owner() const {
+    if (getpid() != owner_pid)
+        throw StateError("the D-Bus connection to " + description +
+                         " belongs to the process that opened it and cannot be used after fork()");
+}
+
+bool BusState::dispatch_until(const std::function<bool()>& done, Deadline deadline) {
+    check_owner();
+    for (;;) {
+        while (connection->processPendingRequest()) {
+            if (done()) return true;
+        }
+        if (done()) return true;
+        auto poll_data = connection->getEventLoopPollData();
+        int timeout_ms = -1;
+        auto now = std::chrono::steady_clock::now();
+        if (deadline) {
+            if (now >= *deadline) return false;
+            timeout_ms = static_cast<int>(
+                std::chrono::ceil<std::chrono::milliseconds>(*deadline - now).count());
+        }
+        if (poll_data.timeout_usec != UINT64_MAX) {
+            timespec ts{};
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            uint64_t now_usec = uint64_t(ts.tv_sec) * 1'000'000 + uint64_t(ts.tv_nsec) / 1000;
+            int bus_ms = poll_data.timeout_usec <= now_usec ? 0 : int((poll_data.timeout_usec - now_usec + 999) / 1000);
+            timeout_ms = timeout_ms < 0 ? bus_ms : std::min(timeout_ms, bus_ms);
+        }
+        pollfd pfd{poll_data.fd, poll_data.events, 0};
+        int r = ::poll(&pfd, 1, timeout_ms);
+        if (r < 0 && errno != EINTR) throw BusError(description, "poll failed: " + errno_text(errno));
+        if (r > 0 && (pfd.revents & (POLLHUP | POLLERR)) && !(pfd.revents & POLLIN))
+            throw BusError(description, "the connection was closed");
+    }
+}
+
+}  // namespace detail
+
+namespace {
+
+std::shared_ptr<detail::BusState> connect(const std::string& description,
+                                          const std::function<std::unique_ptr<sdbus::IConnection>()>& open) {
+    auto state = std::make_shared<detail::BusState>();
+    state->description = description;
+    state->owner_pid = getpid();
+    try {
+        state->connection = open();
+    } catch (const sdbus::Error& e) {
+        throw BusError(description, e.getMessage().empty() ? e.getName() : e.getMessage());
+    }
+    detail::BusState* raw = state.get();
+    try {
+        state->manager = sdbus::createProxy(*state->connection, detail::kSystemdService, detail::kManagerPath);
+        state->manager->uponSignal("JobRemoved")
+            .onInterface(detail::kManagerInterface)
+            .call([raw](uint32_t, const sdbus::ObjectPath& job, const std::string&, const std::string& result) {
+                auto it = raw->awaited_jobs.find(job);
+                if (it != raw->awaited_jobs.end()) it->second = result;
+            });
+        state->manager->uponSignal("UnitRemoved")
+            .onInterface(detail::kManagerInterface)
+            .call([raw](const std::string& unit, const sdbus::ObjectPath&) {
+                auto it = raw->awaited_removals.find(unit);
+                if (it != raw->awaited_removals.end()) it->second = true;
+            });
+        state->manager->finishRegistration();
+        // Without a subscriber the manager does not broadcast UnitRemoved; the subscription ends with
+        // the connection.
+        state->manager->callMethod("Subscribe").onInterface(detail::kManagerInterface);
+    } catch (const sdbus::Error& e) {
+        throw BusError(description, "no systemd manager answers there: " + e.getName() + ": " + e.getMessage());
+    }
+    return state;
+}
+
+}  // namespace
+
+Bus Bus::system() {
+    return Bus(connect("system", [] { return sdbus::createSystemBusConnection(); }));
+}
+
+Bus Bus::user() {
+    return Bus(connect("user", [] { return sdbus::createSessionBusConnection(); }));
+}
+
+Bus Bus::address(const std::string& address) {
+    if (address.empty()) throw BusError(address, "the address is empty");
+    return Bus(connect(address, [&] { return sdbus::createSessionBusConnectionWithAddress(address); }));
+}
+
+Bus Bus::automatic() {
+    const char* env = std::getenv("SDFUTURES_BUS");
+    std::string choice = env ? env : "";
+    if (choice == "system") return system();
+    if (choice == "user") return user();
+    if (!choice.empty()) return address(choice);
+    return geteuid() == 0 ? system() : user();
+}
+
+const std::string& Bus::description() const noexcept { return state_->description; }
+
+sdbus::IConnection& Bus::connection() const { return *state_->connection; }
+
+std::unique_lock<std::mutex> Bus::lock() const { return std::unique_lock(state_->mutex); }
+
+}  // namespace sdfutures

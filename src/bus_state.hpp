@@ -1,0 +1,60 @@
+#pragma once
+// What a Bus handle shares: the connection, the lock that serialises its use, and the bookkeeping of the
+// Manager signals sdfutures waits for. Private to the library.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+namespace sdfutures::detail {
+
+inline constexpr const char* kSystemdService = "org.freedesktop.systemd1";
+inline constexpr const char* kManagerPath = "/org/freedesktop/systemd1";
+inline constexpr const char* kManagerInterface = "org.freedesktop.systemd1.Manager";
+inline constexpr const char* kUnitInterface = "org.freedesktop.systemd1.Unit";
+inline constexpr const char* kPropertiesInterface = "org.freedesktop.DBus.Properties";
+
+using Deadline = std::optional<std::chrono::steady_clock::time_point>;
+Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout);
+
+struct BusState {
+    std::string description;
+    std::mutex mutex;
+    std::unique_ptr<sdbus::IConnection> connection;
+    std::unique_ptr<sdbus::IProxy> manager;
+    pid_t owner_pid = 0;
+    // Jobs and units someone waits for; JobRemoved/UnitRemoved of anything else is dropped, so memory stays
+    // bounded however busy the manager is.
+    std::map<std::string, std::optional<std::string>> awaited_jobs;  // job path → result
+    std::map<std::string, bool> awaited_removals;                     // unit name → removed
+
+    // Dispatches bus messages until done() holds (true) or the deadline passes (false). Caller holds mutex.
+    bool dispatch_until(const std::function<bool()>& done, Deadline deadline);
+    // Throws StateError when used in a forked child: an sd-bus connection belongs to the process that made it.
+    void check_owner() const;
+};
+
+// Runs a D-Bus call, translating sdbus::Error into SystemdError naming the call.
+template <class F>
+auto translate_errors(const std::string& call, F&& f) -> decltype(f());
+
+[[noreturn]] void throw_systemd_error(const std::string& call, const sdbus::Error& e);
+
+template <class F>
+auto translate_errors(const std::string& call, F&& f) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const sdbus::Error& e) {
+        throw_systemd_error(call, e);
+    }
+}
+
+}  // namespace sdfutures::detail
