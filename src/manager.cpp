@@ -135,7 +135,10 @@ bool Manager::wait_unit_gone(const std::string& name, std::optional<std::chrono:
     auto& state = bus_.state();
     std::lock_guard lock(state.mutex);
     state.check_owner();
-    auto [it, inserted] = state.awaited_removals.emplace(name, false);
+    // Not a structured binding: clang 14 cannot capture those in the lambda below.
+    auto emplaced = state.awaited_removals.emplace(name, false);
+    auto it = emplaced.first;
+    bool inserted = emplaced.second;
     struct Forget {
         detail::BusState& s;
         std::map<std::string, bool>::iterator it;

@@ -482,7 +482,34 @@ std::vector<std::string> words(std::string_view property, std::string_view value
 
 }  // namespace parse
 
+namespace {
+
+// D-Bus strings must be valid UTF-8 without NUL; sdbus-c++ would throw its own error at the call, or systemd
+// would silently see a string cut at the NUL.
+bool valid_dbus_text(std::string_view s) {
+    for (size_t i = 0; i < s.size();) {
+        auto c = static_cast<unsigned char>(s[i]);
+        if (c == 0) return false;
+        size_t extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xe ? 2 : (c >> 3) == 0x1e ? 3 : 4;
+        if (extra == 4 || s.size() - i <= extra) return false;
+        uint32_t code = extra == 0 ? c : c & (0x3f >> extra);
+        for (size_t k = 1; k <= extra; ++k) {
+            auto cc = static_cast<unsigned char>(s[i + k]);
+            if ((cc >> 6) != 0x2) return false;
+            code = (code << 6) | (cc & 0x3f);
+        }
+        static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+        if (code < kMin[extra] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return false;
+        i += extra + 1;
+    }
+    return true;
+}
+
+}  // namespace
+
 std::vector<DbusProperty> parse_property(std::string_view name, std::string_view value) {
+    if (!valid_dbus_text(name)) throw PropertyError("(invalid name)", "", "a property name in valid UTF-8 without NUL");
+    if (!valid_dbus_text(value)) throw PropertyError(std::string(name), "(invalid text)", "valid UTF-8 without NUL bytes");
     auto it = table().find(name);
     if (it == table().end())
         throw UnsupportedProperty(std::string(name),

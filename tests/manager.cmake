@@ -1,2 +1,2 @@
-sdfutures_add_test(properties_test properties_test.cpp)
+sdfutures_add_test(properties_test properties_test.cpp NO_MANAGER)
 sdfutures_add_test(manager_test manager_test.cpp)

@@ -152,6 +152,17 @@ TEST(Properties, BadValuesNameThePropertyAndTheValue) {
     }
 }
 
+// Found by the property parser fuzzer: sdbus-c++'s own error escaped for invalid UTF-8, and a NUL cut the
+// value short silently.
+TEST(Properties, TextThatDbusCannotCarryIsAPropertyError) {
+    for (std::string value : {std::string("\xff"), std::string("ab\0c", 4), std::string("\xc3"), std::string("\xed\xa0\x80")}) {
+        EXPECT_THROW(parse_property("Description", value), PropertyError);
+        EXPECT_THROW(parse_property("Environment", "A=" + value), PropertyError);
+    }
+    EXPECT_THROW(parse_property(std::string("Descr\xffiption"), "x"), PropertyError);
+    EXPECT_NO_THROW(parse_property("Description", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+}
+
 TEST(Properties, UnknownNamesPointToTheTypedEscapeHatch) {
     try {
         parse_property("CPUQuotaPeriodSec", "10ms");

@@ -1,0 +1,1 @@
+sdfutures_add_test(wire_test wire_test.cpp NO_MANAGER)
