@@ -4,5 +4,6 @@
 #include "sdfutures/bus.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
+#include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/unit.hpp"

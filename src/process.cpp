@@ -1,0 +1,353 @@
+#include "sdfutures/process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+
+#include "sdfutures/manager.hpp"
+#include "anchored_unit.hpp"
+#include "unit_entry.hpp"
+
+namespace sdfutures {
+namespace {
+
+const std::map<std::string, PropertyReach, std::less<>>& reach_table() {
+    static const std::map<std::string, PropertyReach, std::less<>> table = [] {
+        std::map<std::string, PropertyReach, std::less<>> t;
+        for (const char* n : {"CPUQuota", "CPUWeight", "StartupCPUWeight", "IOWeight", "AllowedCPUs", "MemoryMax",
+                              "MemoryHigh", "MemorySwapMax", "MemoryLow", "MemoryMin", "TasksMax"})
+            t[n] = PropertyReach::cgroup;
+        for (const char* n : {"PrivateNetwork", "PrivateTmp", "ProtectSystem", "ProtectHome"})
+            t[n] = PropertyReach::namespaces;
+        for (const char* n : {"User", "Group", "SupplementaryGroups"}) t[n] = PropertyReach::credentials;
+        for (const char* n : {"Nice", "Environment", "WorkingDirectory", "UMask", "NoNewPrivileges", "LimitCPU",
+                              "LimitFSIZE", "LimitDATA", "LimitSTACK", "LimitCORE", "LimitRSS", "LimitNOFILE",
+                              "LimitAS", "LimitNPROC", "LimitMEMLOCK", "LimitLOCKS", "LimitSIGPENDING",
+                              "LimitMSGQUEUE", "LimitNICE", "LimitRTPRIO", "LimitRTTIME"})
+            t[n] = PropertyReach::library;
+        for (const char* n : {"Description", "Slice", "RuntimeMaxSec", "KillMode", "KillSignal", "TimeoutStopSec",
+                              "CollectMode", "Delegate"})
+            t[n] = PropertyReach::unit;
+        return t;
+    }();
+    return table;
+}
+
+std::string why_unreachable(std::string_view name) {
+    if (name == "DynamicUser")
+        return "systemd allocates the user for a program it executes and adds a seccomp filter (RestrictSUIDSGID=) "
+               "that cannot be copied to a forked process; use User= or sdfutures::Command";
+    if (name == "SystemCallFilter" || name.starts_with("Restrict") || name == "LockPersonality" ||
+        name == "MemoryDenyWriteExecute" || name == "ProtectHostname" || name == "ProtectClock" ||
+        name == "PrivateDevices" || name.starts_with("ProtectKernel") || name == "ProtectControlGroups")
+        return "systemd enforces it with a seccomp filter or capability set it applies when it executes a program, "
+               "which a forked process does not get; use sdfutures::Command";
+    if (name == "IPAddressDeny" || name == "IPAddressAllow")
+        return "systemd enforces it with BPF on the unified cgroup hierarchy and silently skips it where that is "
+               "unavailable; sdfutures does not yet verify it took effect";
+    if (name == "Type" || name == "ExecStart" || name.starts_with("Standard"))
+        return "sdfutures sets it itself to tie the unit to its owner";
+    if (name == "PrivateUsers")
+        return "joining a user namespace would change the child's credentials in ways not yet verified";
+    return "sdfutures does not know how it would reach a forked process";
+}
+
+void close_fd(int& fd) noexcept {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+}
+
+}  // namespace
+
+std::optional<PropertyReach> property_reach(std::string_view name) {
+    auto it = reach_table().find(name);
+    if (it == reach_table().end()) return std::nullopt;
+    return it->second;
+}
+
+void check_properties_reach_forked_children(const Properties& properties) {
+    for (auto& e : properties.entries()) {
+        if (e.typed)
+            throw UnsupportedProperty(e.name, "a typed property cannot be checked to reach a forked process; "
+                                              "use sdfutures::Command or Manager for it");
+        if (!property_reach(e.name)) throw UnsupportedProperty(e.name, why_unreachable(e.name));
+        if (e.name == "Delegate" && !parse::boolean(e.name, e.text))
+            throw UnsupportedProperty(e.name, "sdfutures needs Delegate=yes to attach processes to the unit");
+    }
+}
+
+namespace detail {
+
+void write_reply_frame(int fd, const std::string& payload) noexcept {
+    std::array<char, frame_header_bytes> header;
+    try {
+        header = frame_header(payload.size());
+    } catch (...) {
+        return;
+    }
+    iovec parts[2] = {{header.data(), header.size()}, {const_cast<char*>(payload.data()), payload.size()}};
+    size_t part = 0;
+    while (part < 2) {
+        ssize_t n = ::writev(fd, parts + part, static_cast<int>(2 - part));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        auto written = static_cast<size_t>(n);
+        while (part < 2 && written >= parts[part].iov_len) written -= parts[part++].iov_len;
+        if (part < 2) {
+            parts[part].iov_base = static_cast<char*>(parts[part].iov_base) + written;
+            parts[part].iov_len -= written;
+        }
+    }
+}
+
+ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
+    : properties_(std::move(properties)), options_(std::move(options)),
+      limits_{options_.max_result_bytes, WireLimits{}.max_depth}, reader_(limits_) {
+    check_properties_reach_forked_children(properties_);
+    if (options_.unit_name.empty()) options_.unit_name = default_unit_name("process");
+    bus_ = options_.bus ? *options_.bus : Bus::automatic();
+    unit_.emplace(*bus_, options_.unit_name);
+}
+
+ProcessCore::~ProcessCore() {
+    if (state_ == State::running) {
+        signal(SIGKILL);
+        try {
+            join(std::nullopt);
+        } catch (...) {
+        }
+    }
+    close_fd(pidfd_);
+    close_fd(reply_fd_);
+    close_fd(anchor_fd_);
+}
+
+const Unit& ProcessCore::unit() const { return *unit_; }
+
+void ProcessCore::start(const Body& body) {
+    if (state_ != State::created) throw StateError("start() was already called on " + options_.unit_name);
+    Manager manager(*bus_);
+
+    int reply_pipe[2], release_pipe[2], anchor_pipe[2];
+    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw Error("pipe: " + errno_text(errno));
+    if (::pipe2(release_pipe, O_CLOEXEC) != 0) {
+        ::close(reply_pipe[0]), ::close(reply_pipe[1]);
+        throw Error("pipe: " + errno_text(errno));
+    }
+    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) {
+        for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1]}) ::close(fd);
+        throw Error("pipe: " + errno_text(errno));
+    }
+    reply_fd_ = reply_pipe[0];
+    anchor_fd_ = anchor_pipe[1];
+    int release_write = release_pipe[1];
+
+    auto fail_before_fork = [&] {
+        for (int fd : {anchor_pipe[0], reply_pipe[1], release_pipe[0], release_write}) ::close(fd);
+        close_fd(reply_fd_);
+        close_fd(anchor_fd_);
+    };
+    std::optional<PendingJob> job;
+    try {
+        job.emplace(manager.start_transient_unit_async(
+            options_.unit_name, properties_,
+            anchored_service_properties(properties_, anchor_pipe[0], "sdfutures process of pid " + std::to_string(getpid()))));
+    } catch (...) {
+        fail_before_fork();
+        throw;
+    }
+    ::close(anchor_pipe[0]);  // systemd holds its own copy now
+
+    // Forked while systemd works on the start job: the two overlap.
+    const pid_t parent = getpid();
+    pid_t child = ::fork();
+    if (child < 0) {
+        int err = errno;
+        for (int fd : {reply_pipe[1], release_pipe[0], release_write}) ::close(fd);
+        stop_unit();
+        throw Error("fork: " + errno_text(err));
+    }
+    if (child == 0) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() != parent) ::_exit(127);
+        ::close(release_write);
+        pid_t main_pid = 0;
+        ssize_t n;
+        do n = ::read(release_pipe[0], &main_pid, sizeof main_pid);
+        while (n < 0 && errno == EINTR);
+        if (n != sizeof main_pid) ::_exit(127);  // the owner gave up before releasing us
+        EntryFailure failure;
+        EntryRequest request{main_pid, parent, reply_pipe[1], options_.keep_stdio};
+        if (!enter_unit(request, failure)) {
+            // Before the descriptor step the pipe is where it was; after it, at kEnteredPipeFd.
+            int fd = ::fcntl(reply_pipe[1], F_GETFD) >= 0 ? reply_pipe[1] : kEnteredPipeFd;
+            write_reply_frame(fd, encode_setup_failure(failure.step, failure.error_number, failure.detail));
+            ::_exit(125);
+        }
+        write_reply_frame(kEnteredPipeFd, encode_void_reply());  // "entered": start() may return
+        body(kEnteredPipeFd);
+        std::fflush(nullptr);
+        std::cout.flush();
+        std::cerr.flush();
+        ::_exit(0);
+    }
+    pid_ = child;
+    state_ = State::running;
+    ::close(reply_pipe[1]);
+    ::close(release_pipe[0]);
+    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
+    ::fcntl(reply_fd_, F_SETFL, O_NONBLOCK);
+
+    auto abort_start = [&] {
+        ::close(release_write);
+        abandon_child();
+    };
+    try {
+        job->wait();
+        uint32_t main_pid = verified_main_pid(*unit_);
+        manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(child)});
+        pid_t to_send = static_cast<pid_t>(main_pid);
+        if (::write(release_write, &to_send, sizeof to_send) != sizeof to_send)
+            throw Error("cannot release the child: " + errno_text(errno));
+        ::close(release_write);
+        release_write = -1;
+        // Wait for "entered" (or the step that failed).
+        for (;;) {
+            if (auto frame = reader_.next()) {
+                decode_reply<void>(*frame, limits_);  // throws SetupError for a failed step
+                return;
+            }
+            if (reply_eof_) break;
+            pollfd fds[1] = {{reply_fd_, POLLIN, 0}};
+            ::poll(fds, 1, -1);
+            read_available();
+        }
+        join(std::nullopt);
+        throw SetupError("enter the unit", 0, "the child " + describe_exit(exit_status_.value_or(0)) +
+                                                  " before it entered the unit");
+    } catch (...) {
+        if (release_write >= 0) abort_start();
+        else abandon_child();
+        throw;
+    }
+}
+
+void ProcessCore::abandon_child() noexcept {
+    if (state_ == State::running) {
+        if (pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        exit_status_ = exit_status_from_wait_status(status);
+        state_ = State::ended;
+    }
+    stop_unit();
+    close_fd(pidfd_);
+    close_fd(reply_fd_);
+    close_fd(anchor_fd_);
+}
+
+bool ProcessCore::read_available() {
+    bool got = false;
+    for (;;) {
+        auto area = reader_.write_area(1u << 20);
+        ssize_t n = ::read(reply_fd_, area.data(), area.size());
+        if (n > 0) {
+            reader_.commit(static_cast<size_t>(n));
+            got = true;
+            continue;
+        }
+        reader_.commit(0);
+        if (n == 0) reply_eof_ = true;
+        else if (errno == EINTR) continue;
+        return got;
+    }
+}
+
+bool ProcessCore::is_alive() {
+    if (state_ != State::running) return false;
+    pollfd fd{pidfd_, POLLIN, 0};
+    return ::poll(&fd, 1, 0) == 0;
+}
+
+void ProcessCore::signal(int signo) {
+    if (state_ == State::created) throw StateError("the process of " + options_.unit_name + " was not started");
+    if (state_ == State::running) ::syscall(SYS_pidfd_send_signal, pidfd_, signo, nullptr, 0);
+}
+
+bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
+    if (state_ == State::created) throw StateError("join() before start() on " + options_.unit_name);
+    if (state_ == State::ended) return true;
+    const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::milliseconds(0));
+    for (;;) {
+        pollfd fds[2] = {{pidfd_, POLLIN, 0}, {reply_fd_, POLLIN, 0}};
+        int wait_ms = -1;
+        if (timeout) {
+            auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            wait_ms = static_cast<int>(std::max<long long>(0, left.count()));
+        }
+        int r = ::poll(fds, reply_eof_ ? 1 : 2, wait_ms);
+        if (r < 0 && errno != EINTR) throw Error("poll: " + errno_text(errno));
+        // Draining while the child runs keeps a large reply from blocking it on a full pipe.
+        if (!reply_eof_ && (fds[1].revents & (POLLIN | POLLHUP))) read_available();
+        if (fds[0].revents & POLLIN) break;
+        if (r == 0 && timeout && std::chrono::steady_clock::now() >= deadline) return false;
+    }
+    // It has exited: everything it wrote is in the pipe already.
+    read_available();
+    finish();
+    return true;
+}
+
+void ProcessCore::finish() {
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    exit_status_ = exit_status_from_wait_status(status);
+    state_ = State::ended;
+    // cat gone means the unit was stopped (from outside, or by RuntimeMaxSec=) rather than the child failing.
+    pollfd anchor{anchor_fd_, 0, 0};
+    unit_was_stopped_ = ::poll(&anchor, 1, 0) == 1 && (anchor.revents & POLLERR);
+    if (*exit_status_ == -SIGKILL) {
+        try {
+            oom_killed_ = oom_kill_count(unit_->control_group()) > 0;
+        } catch (...) {
+        }
+    }
+    try {
+        if (auto frame = reader_.next()) reply_ = std::move(*frame);
+    } catch (const ProtocolError&) {
+        reply_.reset();
+    }
+    stop_unit();
+    close_fd(pidfd_);
+    close_fd(reply_fd_);
+    close_fd(anchor_fd_);
+}
+
+void ProcessCore::stop_unit() noexcept { stop_and_wait_gone(*bus_, options_.unit_name); }
+
+std::string ProcessCore::take_reply() {
+    if (state_ != State::ended) throw StateError("the process of " + options_.unit_name + " has not ended");
+    if (reply_) return *reply_;
+    if (unit_was_stopped_) throw UnitStopped(options_.unit_name);
+    std::string how = "the process running the function " + describe_exit(*exit_status_);
+    if (oom_killed_) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
+    throw ProcessDied(how + " before sending a result", *exit_status_);
+}
+
+}  // namespace detail
+}  // namespace sdfutures

@@ -1,0 +1,34 @@
+// An owner process for the lifetime tests: starts work in transient units, prints where it runs, then waits
+// to be killed. The test SIGKILLs it and checks that nothing it started survives.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
+#include "sdfutures/sdfutures.hpp"
+
+int main(int argc, char** argv) {
+    std::string kind = argc > 1 ? argv[1] : "process";
+    if (kind == "process") {
+        sdfutures::TransientUnitProcess p({{"User", "nobody"}}, [] {
+            for (;;) pause();
+            return 0;
+        });
+        p.start();
+        std::cout << p.unit().name() << " " << p.pid() << std::endl;
+        for (;;) pause();
+    }
+    if (kind == "pool") {
+        sdfutures::TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 2});
+        auto busy = pool.submit(+[] {
+            for (;;) pause();
+        });
+        std::cout << pool.unit().name();
+        for (pid_t pid : pool.worker_pids()) std::cout << " " << pid;
+        std::cout << std::endl;
+        for (;;) pause();
+    }
+    std::cerr << "unknown kind " << kind << "\n";
+    return 2;
+}

@@ -1,0 +1,5 @@
+sdfutures_add_test(process_test process_test.cpp)
+add_executable(owner_helper helpers/owner_helper.cpp)
+target_link_libraries(owner_helper PRIVATE sdfutures sdfutures_warnings)
+add_dependencies(process_test owner_helper)
+target_compile_definitions(process_test PRIVATE SDFUTURES_OWNER_HELPER="$<TARGET_FILE:owner_helper>")
