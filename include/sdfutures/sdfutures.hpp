@@ -4,6 +4,7 @@
 #include "sdfutures/bus.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
+#include "sdfutures/pool.hpp"
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/unit.hpp"

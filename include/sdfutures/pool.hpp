@@ -1,0 +1,256 @@
+#pragma once
+// TransientUnitPoolExecutor: a pool of long-lived worker processes inside ONE transient service, like
+// concurrent.futures.ProcessPoolExecutor, with std::future results.
+//
+//     sdfutures::TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}, {"User", "nobody"}});
+//     std::future<int> f = pool.submit(&burn, 5);
+//     std::vector<int> squares = pool.map(&square, inputs);
+//
+// What a task is. Workers are forked once, at construction (and to replace one that died), from a small
+// single-threaded fork server that is itself a fork of the owner; they are not forked per task. So a task
+// cannot carry a closure's captured state: it is a function pointer or a stateless callable (a captureless
+// lambda) — whose code address is the same in every worker, since they are forks of the same program — plus
+// arguments serialized like results. A capturing lambda is a compile-time error: use TransientUnitProcess or
+// run() for closures, which fork per call. Code loaded with dlopen() after the pool was constructed is not
+// mapped in its workers.
+//
+// Faults are contained: a worker that dies mid-task (a crash, abort(), _exit(), the OOM killer under
+// MemoryMax=) fails only that task's future with ProcessDied saying how; the pool replaces the worker and
+// goes on. A task over task_timeout fails with TaskTimeout and its worker is killed and replaced. If the unit
+// is stopped from outside (systemctl stop), every unfinished future fails with UnitStopped at once and
+// submit() throws UnitStopped.
+//
+// Fork safety. Workers are forked only by the fork server, which never runs a thread or takes a lock of the
+// library. The remaining caveat is the fork of the fork server itself, at construction: like any fork, it
+// copies only the constructing thread, so a lock held at that moment by another thread of the program (one
+// the user started) stays locked in the fork server and in the workers. Construct pools before starting
+// threads that hold locks a task might need, or do not take such locks in tasks.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "sdfutures/bus.hpp"
+#include "sdfutures/detail/wire.hpp"
+#include "sdfutures/error.hpp"
+#include "sdfutures/process.hpp"
+#include "sdfutures/properties.hpp"
+#include "sdfutures/serialization.hpp"
+#include "sdfutures/unit.hpp"
+
+namespace sdfutures {
+
+struct PoolOptions {
+    std::size_t max_workers = 0;          // 0: the CPUs CPUQuota=/AllowedCPUs= allow (at least 1)
+    std::size_t max_tasks_per_child = 0;  // 0: unlimited; N: a worker is replaced after N tasks
+    std::function<void()> initializer;    // runs once in each worker after it entered the unit
+    std::optional<std::chrono::milliseconds> task_timeout;  // a task running longer fails with TaskTimeout
+    std::optional<Bus> bus;               // default: Bus::automatic()
+    std::string unit_name;                // default: "sdfutures-pool-<pid>-<n>-<random>.service"
+    std::size_t max_result_bytes = 256u << 20;
+    bool keep_stdio = false;              // keep the owner's stdout/stderr in workers (else /dev/null)
+};
+
+namespace detail {
+
+// Runs a task in a worker: decodes the arguments, calls the function, encodes the reply.
+using TaskInvoker = std::string (*)(std::uintptr_t function, std::string_view arguments, const WireLimits& limits);
+
+struct TaskState;
+
+class PoolCore {
+public:
+    PoolCore(Properties properties, PoolOptions options);
+    ~PoolCore();
+    PoolCore(const PoolCore&) = delete;
+    PoolCore& operator=(const PoolCore&) = delete;
+
+    // `complete` gets the reply payload (decode it, fulfil the promise); `fail` gets an error the pool
+    // itself raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called once,
+    // on the pool's dispatcher thread.
+    struct Submission {
+        TaskInvoker invoker;
+        std::uintptr_t function;
+        std::string arguments;
+        std::function<void(std::string_view reply)> complete;
+        std::function<void(std::exception_ptr)> fail;
+    };
+    std::shared_ptr<TaskState> submit(Submission submission);
+    std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Submission> submissions);
+    static bool cancel(const std::shared_ptr<TaskState>& task);
+    void shutdown(bool wait, bool cancel_pending);
+
+    const Unit& unit() const;
+    std::vector<pid_t> worker_pids() const;
+    std::size_t max_workers() const noexcept;
+    const WireLimits& limits() const noexcept;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+template <class F>
+concept StatelessCallable = std::is_empty_v<F> && std::is_default_constructible_v<F> && std::is_class_v<F>;
+
+template <class F>
+concept FunctionPointer = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
+
+template <class R, class F, class... A>
+std::string invoke_task(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
+    std::tuple<A...> args;
+    try {
+        args = unpack_value<std::tuple<A...>>(arguments, limits);
+    } catch (...) {
+        return encode_exception_reply(std::current_exception());
+    }
+    auto call = [&]() -> R {
+        if constexpr (FunctionPointer<F>) {
+            return std::apply(reinterpret_cast<F>(function), std::move(args));
+        } else {
+            return std::apply(F{}, std::move(args));
+        }
+    };
+    return run_and_encode<R>(std::function<R()>(call), limits);
+}
+
+template <class F>
+using TaskFunction = std::conditional_t<std::is_function_v<std::remove_reference_t<F>>,
+                                        std::add_pointer_t<std::remove_reference_t<F>>, std::decay_t<F>>;
+
+}  // namespace detail
+
+// A submitted task: its future, and the means to cancel it before it starts.
+template <class R>
+class Task {
+public:
+    Task(std::future<R> future, std::shared_ptr<detail::TaskState> state)
+        : future_(std::move(future)), state_(std::move(state)) {}
+    std::future<R>& future() noexcept { return future_; }
+    std::future<R> take_future() noexcept { return std::move(future_); }
+    // True when the task had not started: it never will, and its future throws TaskCancelled.
+    bool cancel() { return detail::PoolCore::cancel(state_); }
+
+private:
+    std::future<R> future_;
+    std::shared_ptr<detail::TaskState> state_;
+};
+
+class TransientUnitPoolExecutor {
+public:
+    // Starts the unit and max_workers workers; returns once every worker has entered the unit. Throws
+    // (PropertyError, UnsupportedProperty, BusError, SystemdError, JobFailed, SetupError) leaving nothing.
+    explicit TransientUnitPoolExecutor(Properties properties, PoolOptions options = {})
+        : core_(std::move(properties), std::move(options)) {}
+    // Shuts down, waits for every task, stops the unit and returns only when it is gone.
+    ~TransientUnitPoolExecutor() = default;
+    TransientUnitPoolExecutor(const TransientUnitPoolExecutor&) = delete;
+    TransientUnitPoolExecutor& operator=(const TransientUnitPoolExecutor&) = delete;
+
+    template <class F, class... Args>
+    auto schedule(F&& f, Args&&... args) {
+        using Fn = detail::TaskFunction<F>;
+        static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
+                      "sdfutures: a pool task must be a function pointer or a stateless callable (e.g. a captureless "
+                      "lambda): workers are long-lived forks, so a closure's captured state cannot travel to them. "
+                      "Pass the state as arguments, or use sdfutures::TransientUnitProcess / sdfutures::run for "
+                      "closures.");
+        static_assert((Serializable<std::decay_t<Args>> && ...),
+                      "sdfutures: every argument of a pool task must be serializable (see "
+                      "<sdfutures/serialization.hpp>); pointers and references to the owner's memory mean "
+                      "nothing in a worker.");
+        using R = std::invoke_result_t<Fn&, std::decay_t<Args>&&...>;
+        static_assert(std::is_void_v<R> || Serializable<R>,
+                      "sdfutures: the task's result type cannot be sent back from a worker; see "
+                      "<sdfutures/serialization.hpp>.");
+        auto [future, state] = make_submission<R, Fn, std::decay_t<Args>...>(f, std::forward<Args>(args)...);
+        return Task<R>(std::move(future), std::move(state));
+    }
+
+    template <class F, class... Args>
+    auto submit(F&& f, Args&&... args) {
+        return schedule(std::forward<F>(f), std::forward<Args>(args)...).take_future();
+    }
+
+    // f applied to every element, results in input order. The first failing element's exception is
+    // rethrown (after the elements before it were collected).
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& f, Range&& inputs) {
+        using Fn = detail::TaskFunction<F>;
+        using Arg = std::decay_t<std::ranges::range_reference_t<Range>>;
+        using R = std::invoke_result_t<Fn&, Arg&&>;
+        static_assert(!std::is_void_v<R>, "sdfutures: map() needs a function that returns a value");
+        std::vector<std::future<R>> futures;
+        std::vector<detail::PoolCore::Submission> batch;
+        for (auto&& input : inputs) {
+            auto [submission, future] = prepare<R, Fn, Arg>(f, std::forward<decltype(input)>(input));
+            batch.push_back(std::move(submission));
+            futures.push_back(std::move(future));
+        }
+        core_.submit_many(std::move(batch));  // one lock and one wake-up for the whole range
+        std::vector<R> results;
+        results.reserve(futures.size());
+        for (auto& future : futures) results.push_back(future.get());
+        return results;
+    }
+
+    // Stops accepting tasks. cancel_pending: tasks not yet started fail with TaskCancelled. wait: returns once
+    // every task has finished and the workers have exited (the unit itself is stopped by the destructor).
+    void shutdown(bool wait = true, bool cancel_pending = false) { core_.shutdown(wait, cancel_pending); }
+
+    const Unit& unit() const { return core_.unit(); }
+    std::vector<pid_t> worker_pids() const { return core_.worker_pids(); }
+    std::size_t max_workers() const noexcept { return core_.max_workers(); }
+
+private:
+    template <class R, class Fn, class... A, class F, class... Args>
+    auto prepare(F& f, Args&&... args) {
+        auto promise = std::make_shared<std::promise<R>>();
+        std::future<R> future = promise->get_future();
+        std::uintptr_t function = 0;
+        if constexpr (detail::FunctionPointer<Fn>) function = reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
+        (void)f;
+        detail::PoolCore::Submission s{
+            &detail::invoke_task<R, Fn, A...>, function,
+            detail::pack_value(std::tuple<A...>(std::forward<Args>(args)...)),
+            [promise, limits = core_.limits()](std::string_view reply) {
+                try {
+                    if constexpr (std::is_void_v<R>) {
+                        detail::decode_reply<void>(reply, limits);
+                        promise->set_value();
+                    } else {
+                        promise->set_value(detail::decode_reply<R>(reply, limits));
+                    }
+                } catch (...) {
+                    promise->set_exception(std::current_exception());
+                }
+            },
+            [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
+        return std::pair{std::move(s), std::move(future)};
+    }
+
+    template <class R, class Fn, class... A, class F, class... Args>
+    std::pair<std::future<R>, std::shared_ptr<detail::TaskState>> make_submission(F& f, Args&&... args) {
+        auto [submission, future] = prepare<R, Fn, A...>(f, std::forward<Args>(args)...);
+        auto state = core_.submit(std::move(submission));
+        return {std::move(future), std::move(state)};
+    }
+
+    detail::PoolCore core_;
+};
+
+}  // namespace sdfutures

@@ -1,0 +1,352 @@
+// TransientUnitPoolExecutor against a real manager: results, limits and identity in workers, faults contained,
+// external stops, lifetime.
+#include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "support/manager_environment.hpp"
+
+namespace sdfutures {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::SystemdTest;
+
+int square(int x) { return x * x; }
+int twice(int x) { return 2 * x; }
+pid_t own_pid() { return getpid(); }
+
+double cpu_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// Spins for `wall_ms` of wall-clock time and returns the CPU time it got meanwhile.
+double burn(int wall_ms) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(wall_ms);
+    double start = cpu_seconds();
+    volatile uint64_t sink = 0;
+    while (std::chrono::steady_clock::now() < end)
+        for (int i = 0; i < 10000; ++i) sink = sink + static_cast<uint64_t>(i);
+    return cpu_seconds() - start;
+}
+
+int crash(int how) {
+    switch (how) {
+        case 0: std::raise(SIGSEGV); break;
+        case 1: std::abort();
+        case 2: std::_Exit(3);
+        case 3: {
+            std::vector<std::unique_ptr<char[]>> hog;
+            for (;;) {
+                hog.emplace_back(new char[1 << 20]);
+                std::memset(hog.back().get(), 1, 1 << 20);
+            }
+        }
+    }
+    return how;
+}
+
+class PoolTest : public SystemdTest {};
+
+TEST_F(PoolTest, TenThousandSmallTasksAllResolveCorrectly) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::vector<std::future<int>> futures;
+    for (int i = 0; i < 10000; ++i) futures.push_back(pool.submit(&square, i));
+    for (int i = 0; i < 10000; ++i) ASSERT_EQ(futures[static_cast<size_t>(i)].get(), i * i);
+}
+
+TEST_F(PoolTest, MapKeepsInputOrderAndLambdasWithoutCapturesWork) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 3});
+    std::vector<int> inputs(500);
+    for (int i = 0; i < 500; ++i) inputs[static_cast<size_t>(i)] = 499 - i;
+    auto out = pool.map(&twice, inputs);
+    ASSERT_EQ(out.size(), inputs.size());
+    for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], 2 * inputs[i]);
+    auto strings = pool.map([](const std::string& s) { return s + s; }, std::vector<std::string>{"a", "bc"});
+    EXPECT_EQ(strings, (std::vector<std::string>{"aa", "bcbc"}));
+    EXPECT_EQ(pool.submit([](int a, std::string b) { return b + std::to_string(a); }, 7, std::string("x")).get(), "x7");
+}
+
+TEST_F(PoolTest, ACpuQuotaOfAQuarterHoldsForTwoBusyWorkers) {
+    TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}}, {.max_workers = 2});
+    auto a = pool.submit(&burn, 5000);
+    auto b = pool.submit(&burn, 5000);
+    double share = (a.get() + b.get()) / 5.0;
+    EXPECT_NEAR(share, 0.25, 0.03) << "CPU time of both workers over 5 s of wall time";
+}
+
+TEST_F(PoolTest, DefaultWorkerCountFollowsTheQuota) {
+    TransientUnitPoolExecutor quarter({{"CPUQuota", "25%"}});
+    EXPECT_EQ(quarter.max_workers(), 1u);
+    TransientUnitPoolExecutor one_and_a_half({{"CPUQuota", "150%"}});
+    EXPECT_EQ(one_and_a_half.max_workers(), std::min<size_t>(2, std::thread::hardware_concurrency()));
+    EXPECT_EQ(one_and_a_half.worker_pids().size(), one_and_a_half.max_workers());
+}
+
+struct WorkerIdentity {
+    uid_t uid;
+    gid_t gid;
+    std::vector<gid_t> groups;
+    std::vector<int> fds;
+    MSGPACK_DEFINE(uid, gid, groups, fds);
+};
+
+WorkerIdentity identify() {
+    WorkerIdentity id{getuid(), getgid(), {}, {}};
+    id.groups.resize(static_cast<size_t>(getgroups(0, nullptr)));
+    getgroups(static_cast<int>(id.groups.size()), id.groups.data());
+    DIR* d = opendir("/proc/self/fd");
+    while (dirent* e = readdir(d))
+        if (e->d_name[0] != '.' && std::atoi(e->d_name) != dirfd(d)) id.fds.push_back(std::atoi(e->d_name));
+    closedir(d);
+    return id;
+}
+
+TEST_F(PoolTest, WorkersRunAsNobodyWithNobodysGroupsAndOnlyTheLibrarysDescriptors) {
+    passwd* nobody = getpwnam("nobody");
+    TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 2});
+    auto ids = pool.map([](int) { return identify(); }, std::vector<int>{1, 2, 3, 4});
+    for (auto& id : ids) {
+        EXPECT_EQ(id.uid, nobody->pw_uid);
+        EXPECT_EQ(id.gid, nobody->pw_gid);
+        EXPECT_EQ(id.groups, std::vector<gid_t>{nobody->pw_gid});
+        EXPECT_EQ(id.fds, (std::vector<int>{0, 1, 2, 3}));
+    }
+    for (pid_t pid : pool.worker_pids())
+        EXPECT_NE(testing::cgroup_of(pid).find(pool.unit().name()), std::string::npos);
+}
+
+TEST_F(PoolTest, EachFaultFailsExactlyItsOwnFutureAndThePoolGoesOn) {
+    TransientUnitPoolExecutor pool({{"MemoryMax", "64M"}, {"MemorySwapMax", "0"}}, {.max_workers = 2});
+    const std::pair<int, int> kinds[] = {{0, -SIGSEGV}, {1, -SIGABRT}, {2, 3}, {3, -SIGKILL}};
+    for (auto [how, status] : kinds) {
+        SCOPED_TRACE(how);
+        auto before = pool.submit(&square, 3);
+        auto bad = pool.submit(&crash, how);
+        auto after = pool.submit(&square, 4);
+        EXPECT_EQ(before.get(), 9);
+        try {
+            bad.get();
+            ADD_FAILURE() << "survived";
+        } catch (const ProcessDied& e) {
+            EXPECT_EQ(e.exit_status(), status) << e.what();
+            if (how == 3) {
+                EXPECT_NE(std::string(e.what()).find("OOM"), std::string::npos) << e.what();
+            }
+        }
+        EXPECT_EQ(after.get(), 16);
+        EXPECT_EQ(pool.submit(&square, 5).get(), 25);
+    }
+    EXPECT_EQ(pool.worker_pids().size(), 2u);
+}
+
+TEST_F(PoolTest, TaskTimeoutKillsAHungTaskAndThePoolGoesOn) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1, .task_timeout = 300ms});
+    auto t0 = std::chrono::steady_clock::now();
+    auto hung = pool.submit(+[] {
+        for (;;) pause();
+    });
+    EXPECT_THROW(hung.get(), TaskTimeout);
+    auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(waited, 300ms);
+    EXPECT_LT(waited, 3s);
+    EXPECT_EQ(pool.submit(&square, 6).get(), 36);
+}
+
+TEST_F(PoolTest, StoppingTheUnitFromOutsideFailsEveryFutureQuickly) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::vector<std::future<double>> futures;
+    for (int i = 0; i < 20; ++i) futures.push_back(pool.submit(&burn, 60'000));
+    while (pool.worker_pids().size() < 2) std::this_thread::sleep_for(1ms);
+    auto t0 = std::chrono::steady_clock::now();
+    manager().stop_unit(pool.unit().name());
+    for (auto& f : futures) {
+        ASSERT_EQ(f.wait_for(2s), std::future_status::ready);
+        EXPECT_THROW(f.get(), UnitStopped);
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
+    EXPECT_THROW(pool.submit(&square, 1), UnitStopped);
+}
+
+TEST_F(PoolTest, NothingRemainsAfterThePoolIsDestroyed) {
+    std::string name, cgroup;
+    std::vector<pid_t> pids;
+    {
+        TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 3});
+        EXPECT_EQ(pool.submit(&square, 2).get(), 4);
+        name = pool.unit().name();
+        cgroup = pool.unit().control_group();
+        pids = pool.worker_pids();
+        ASSERT_EQ(pids.size(), 3u);
+    }
+    EXPECT_FALSE(manager().unit_loaded(name));
+    for (pid_t pid : pids) EXPECT_NE(kill(pid, 0), 0) << "worker " << pid << " survived";
+    struct stat st {};
+    EXPECT_NE(stat(("/sys/fs/cgroup/systemd" + cgroup).c_str(), &st), 0) << cgroup;
+    EXPECT_NE(stat(("/sys/fs/cgroup/memory" + cgroup).c_str(), &st), 0) << cgroup;
+}
+
+TEST_F(PoolTest, MaxTasksPerChildOneGivesANewWorkerPerTask) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2, .max_tasks_per_child = 1});
+    std::vector<std::future<pid_t>> futures;
+    for (int i = 0; i < 8; ++i) futures.push_back(pool.submit(&own_pid));
+    std::set<pid_t> seen;
+    for (auto& f : futures) seen.insert(f.get());
+    EXPECT_EQ(seen.size(), 8u);
+}
+
+int initialized_marker = 0;
+void mark_initialized() { initialized_marker = 42; }
+
+TEST_F(PoolTest, TheInitializerRunsInEachWorkerBeforeItsTasks) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2, .initializer = [] { mark_initialized(); }});
+    auto seen = pool.map([](int) { return initialized_marker; }, std::vector<int>(10, 0));
+    for (int v : seen) EXPECT_EQ(v, 42);
+    EXPECT_EQ(initialized_marker, 0) << "it does not run in the owner";
+}
+
+TEST_F(PoolTest, AFailingInitializerFailsConstructionClearly) {
+    try {
+        TransientUnitPoolExecutor pool({}, {.max_workers = 1, .initializer = [] { throw std::runtime_error("no config"); }});
+        FAIL() << "constructed";
+    } catch (const SetupError& e) {
+        EXPECT_EQ(e.step(), "initializer");
+        EXPECT_NE(std::string(e.what()).find("no config"), std::string::npos);
+    }
+}
+
+TEST_F(PoolTest, ATaskCanBeCancelledBeforeItStarts) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+    auto blocker = pool.submit(&burn, 300);
+    std::vector<Task<int>> tasks;
+    for (int i = 0; i < 40; ++i) tasks.push_back(pool.schedule(&square, i));
+    auto& last = tasks.back();
+    EXPECT_TRUE(last.cancel());
+    EXPECT_FALSE(last.cancel());
+    EXPECT_THROW(last.future().get(), TaskCancelled);
+    blocker.get();
+    for (int i = 0; i < 39; ++i) EXPECT_EQ(tasks[static_cast<size_t>(i)].future().get(), i * i);
+    EXPECT_FALSE(tasks.front().cancel()) << "a finished task cannot be cancelled";
+}
+
+TEST_F(PoolTest, ShutdownStopsAcceptingAndCanCancelPending) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+    std::vector<std::future<int>> pending;
+    for (int i = 0; i < 50; ++i) pending.push_back(pool.submit(&square, i));
+    pool.shutdown(true, true);
+    // Each either ran (handed to the worker before the shutdown) or was cancelled; none is left hanging.
+    int cancelled = 0;
+    for (int i = 0; i < 50; ++i) {
+        auto& f = pending[static_cast<size_t>(i)];
+        ASSERT_EQ(f.wait_for(0s), std::future_status::ready) << "shutdown(wait) returned with task " << i << " unresolved";
+        try {
+            EXPECT_EQ(f.get(), i * i);
+        } catch (const TaskCancelled&) {
+            ++cancelled;
+        }
+    }
+    EXPECT_GT(cancelled, 0);
+    EXPECT_THROW(pool.submit(&square, 1), StateError);
+    EXPECT_TRUE(pool.worker_pids().empty());
+}
+
+TEST_F(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+    auto f = pool.submit(+[](int x) -> int { throw std::out_of_range("index " + std::to_string(x)); }, 9);
+    try {
+        f.get();
+        FAIL();
+    } catch (const std::out_of_range& e) {
+        EXPECT_STREQ(e.what(), "index 9");
+    }
+}
+
+TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    int out[2];
+    ASSERT_EQ(pipe(out), 0);
+    pid_t owner = fork();
+    if (owner == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        execl(SDFUTURES_OWNER_HELPER, SDFUTURES_OWNER_HELPER, "pool", nullptr);
+        _exit(127);
+    }
+    close(out[1]);
+    std::string line;
+    char c;
+    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
+    close(out[0]);
+    std::istringstream in(line);
+    std::string unit_name;
+    in >> unit_name;
+    std::vector<pid_t> workers;
+    for (pid_t pid; in >> pid;) workers.push_back(pid);
+    ASSERT_EQ(workers.size(), 2u) << line;
+    ASSERT_TRUE(manager().unit_loaded(unit_name));
+
+    kill(owner, SIGKILL);
+    waitpid(owner, nullptr, 0);
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(manager().wait_unit_gone(unit_name, 2s)) << unit_name;
+    // Workers and the fork server were re-parented to us; reaping them proves they are dead.
+    std::set<pid_t> alive(workers.begin(), workers.end());
+    while (!alive.empty() && std::chrono::steady_clock::now() - t0 < 2s) {
+        for (auto it = alive.begin(); it != alive.end();)
+            it = (kill(*it, 0) != 0 || waitpid(*it, nullptr, WNOHANG) == *it) ? alive.erase(it) : std::next(it);
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(alive.empty()) << alive.size() << " workers alive 2 s after their owner was killed";
+    while (waitpid(-1, nullptr, WNOHANG) > 0) {
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+TEST_F(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::mt19937 random(12345);
+    std::vector<std::pair<bool, std::future<int>>> futures;
+    for (int i = 0; i < 5000; ++i) {
+        bool crashes = random() % 100 < 5;
+        futures.emplace_back(crashes, crashes ? pool.submit(&crash, static_cast<int>(random() % 3)) : pool.submit(&square, i % 1000));
+    }
+    int crashed = 0, ok = 0;
+    for (size_t i = 0; i < futures.size(); ++i) {
+        auto& [crashes, f] = futures[i];
+        ASSERT_EQ(f.wait_for(60s), std::future_status::ready) << "task " << i << " hangs";
+        try {
+            EXPECT_EQ(f.get(), static_cast<int>((i % 1000) * (i % 1000)));
+            EXPECT_FALSE(crashes);
+            ++ok;
+        } catch (const ProcessDied&) {
+            EXPECT_TRUE(crashes);
+            ++crashed;
+        }
+    }
+    EXPECT_EQ(ok + crashed, 5000);
+    EXPECT_GT(crashed, 150);
+    EXPECT_EQ(pool.submit(&square, 12).get(), 144);
+}
+
+}  // namespace
+}  // namespace sdfutures
