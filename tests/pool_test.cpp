@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/owner.hpp"
 
 namespace sdfutures {
 namespace {
@@ -282,44 +283,14 @@ TEST_F(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
 }
 
 TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
-    prctl(PR_SET_CHILD_SUBREAPER, 1);
-    int out[2];
-    ASSERT_EQ(pipe(out), 0);
-    pid_t owner = fork();
-    if (owner == 0) {
-        dup2(out[1], 1);
-        close(out[0]);
-        execl(SDFUTURES_OWNER_HELPER, SDFUTURES_OWNER_HELPER, "pool", nullptr);
-        _exit(127);
-    }
-    close(out[1]);
-    std::string line;
-    char c;
-    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
-    close(out[0]);
-    std::istringstream in(line);
-    std::string unit_name;
-    in >> unit_name;
-    std::vector<pid_t> workers;
-    for (pid_t pid; in >> pid;) workers.push_back(pid);
-    ASSERT_EQ(workers.size(), 2u) << line;
-    ASSERT_TRUE(manager().unit_loaded(unit_name));
+    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, "pool");
+    ASSERT_EQ(owner.workers.size(), 2u) << owner.unit;
+    ASSERT_TRUE(manager().unit_loaded(owner.unit));
 
-    kill(owner, SIGKILL);
-    waitpid(owner, nullptr, 0);
-    auto t0 = std::chrono::steady_clock::now();
-    EXPECT_TRUE(manager().wait_unit_gone(unit_name, 2s)) << unit_name;
-    // Workers and the fork server were re-parented to us; reaping them proves they are dead.
-    std::set<pid_t> alive(workers.begin(), workers.end());
-    while (!alive.empty() && std::chrono::steady_clock::now() - t0 < 2s) {
-        for (auto it = alive.begin(); it != alive.end();)
-            it = (kill(*it, 0) != 0 || waitpid(*it, nullptr, WNOHANG) == *it) ? alive.erase(it) : std::next(it);
-        std::this_thread::sleep_for(10ms);
-    }
+    testing::kill_owner(owner);
+    EXPECT_TRUE(manager().wait_unit_gone(owner.unit, 2s)) << owner.unit;
+    auto alive = testing::wait_orphans_gone(owner.workers, 2s);
     EXPECT_TRUE(alive.empty()) << alive.size() << " workers alive 2 s after their owner was killed";
-    while (waitpid(-1, nullptr, WNOHANG) > 0) {
-    }
-    prctl(PR_SET_CHILD_SUBREAPER, 0);
 }
 
 TEST_F(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {

@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/owner.hpp"
 
 namespace sdfutures {
 namespace {
@@ -365,47 +366,16 @@ TEST_F(ProcessTest, TwoHundredStartsNeverRunUserCodeAsRootOrOnTheHostNetwork) {
 }
 
 TEST_F(ProcessTest, AKilledOwnerLeavesNoUnitAndNoProcessAfterTwoSeconds) {
-    // Orphans of the owner are re-parented to us, so we can tell when they are really gone and reap them.
-    prctl(PR_SET_CHILD_SUBREAPER, 1);
-    int out[2];
-    ASSERT_EQ(pipe(out), 0);
-    pid_t owner = fork();
-    if (owner == 0) {
-        dup2(out[1], 1);
-        close(out[0]);
-        execl(SDFUTURES_OWNER_HELPER, SDFUTURES_OWNER_HELPER, "process", nullptr);
-        _exit(127);
-    }
-    close(out[1]);
-    char line[256] = {};
-    ssize_t n = 0, got = 0;
-    while (got < static_cast<ssize_t>(sizeof line) - 1 && (n = read(out[0], line + got, sizeof line - 1 - got)) > 0) {
-        got += n;
-        if (std::memchr(line, '\n', static_cast<size_t>(got))) break;
-    }
-    close(out[0]);
-    char unit_name[200] = {};
-    int worker = 0;
-    ASSERT_EQ(sscanf(line, "%199s %d", unit_name, &worker), 2) << line;
-    ASSERT_TRUE(manager().unit_loaded(unit_name));
-    ASSERT_EQ(kill(worker, 0), 0);
+    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, "process");
+    ASSERT_EQ(owner.workers.size(), 1u) << owner.unit;
+    ASSERT_TRUE(manager().unit_loaded(owner.unit));
+    ASSERT_EQ(kill(owner.workers[0], 0), 0);
 
-    kill(owner, SIGKILL);
-    waitpid(owner, nullptr, 0);
-    auto t0 = std::chrono::steady_clock::now();
-    bool unit_gone = manager().wait_unit_gone(unit_name, 2s);
-    // The worker was re-parented to us: reaping it proves it is dead, not merely a zombie.
-    bool worker_gone = false;
-    while (std::chrono::steady_clock::now() - t0 < 2s) {
-        if (waitpid(worker, nullptr, WNOHANG) == worker) {
-            worker_gone = true;
-            break;
-        }
-        std::this_thread::sleep_for(10ms);
-    }
-    prctl(PR_SET_CHILD_SUBREAPER, 0);
-    EXPECT_TRUE(unit_gone) << unit_name << " still loaded 2 s after its owner was killed";
-    EXPECT_TRUE(worker_gone) << "worker " << worker << " still alive 2 s after its owner was killed";
+    testing::kill_owner(owner);
+    bool unit_gone = manager().wait_unit_gone(owner.unit, 2s);
+    auto alive = testing::wait_orphans_gone(owner.workers, 2s);
+    EXPECT_TRUE(unit_gone) << owner.unit << " still loaded 2 s after its owner was killed";
+    EXPECT_TRUE(alive.empty()) << "the child is still alive 2 s after its owner was killed";
 }
 
 TEST_F(ProcessTest, DestroyingARunningProcessKillsItAndStopsItsUnit) {
