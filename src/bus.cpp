@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <vector>
 #include <ctime>
 
 #include "bus_state.hpp"
@@ -34,27 +35,45 @@ bool BusState::dispatch_until(const std::function<bool()>& done, Deadline deadli
             if (done()) return true;
         }
         if (done()) return true;
-        auto poll_data = connection->getEventLoopPollData();
-        int timeout_ms = -1;
-        auto now = std::chrono::steady_clock::now();
-        if (deadline) {
-            if (now >= *deadline) return false;
-            timeout_ms = static_cast<int>(
-                std::chrono::ceil<std::chrono::milliseconds>(*deadline - now).count());
-        }
-        if (poll_data.timeout_usec != UINT64_MAX) {
-            timespec ts{};
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            uint64_t now_usec = uint64_t(ts.tv_sec) * 1'000'000 + uint64_t(ts.tv_nsec) / 1000;
-            int bus_ms = poll_data.timeout_usec <= now_usec ? 0 : int((poll_data.timeout_usec - now_usec + 999) / 1000);
-            timeout_ms = timeout_ms < 0 ? bus_ms : std::min(timeout_ms, bus_ms);
-        }
-        pollfd pfd{poll_data.fd, poll_data.events, 0};
-        int r = ::poll(&pfd, 1, timeout_ms);
-        if (r < 0 && errno != EINTR) throw BusError(description, "poll failed: " + errno_text(errno));
-        if (r > 0 && (pfd.revents & (POLLHUP | POLLERR)) && !(pfd.revents & POLLIN))
-            throw BusError(description, "the connection was closed");
+        if (!poll_with({}, deadline)) return false;
     }
+}
+
+bool BusState::poll_with(std::span<pollfd> fds, Deadline deadline) {
+    auto poll_data = connection->getEventLoopPollData();
+    int timeout_ms = -1;
+    if (deadline) {
+        auto now = std::chrono::steady_clock::now();
+        if (now >= *deadline) return false;
+        timeout_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(*deadline - now).count());
+    }
+    if (poll_data.timeout_usec != UINT64_MAX) {
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now_usec = uint64_t(ts.tv_sec) * 1'000'000 + uint64_t(ts.tv_nsec) / 1000;
+        int bus_ms = poll_data.timeout_usec <= now_usec ? 0 : int((poll_data.timeout_usec - now_usec + 999) / 1000);
+        timeout_ms = timeout_ms < 0 ? bus_ms : std::min(timeout_ms, bus_ms);
+    }
+    std::vector<pollfd> all;
+    all.reserve(fds.size() + 1);
+    all.push_back(pollfd{poll_data.fd, poll_data.events, 0});
+    for (auto& p : fds) all.push_back(pollfd{p.fd, p.events, 0});
+    int r = ::poll(all.data(), all.size(), timeout_ms);
+    if (r < 0 && errno != EINTR) throw BusError(description, "poll failed: " + errno_text(errno));
+    for (size_t i = 0; i < fds.size(); ++i) fds[i].revents = r > 0 ? all[i + 1].revents : 0;
+    if (r > 0 && (all[0].revents & (POLLHUP | POLLERR)) && !(all[0].revents & POLLIN))
+        throw BusError(description, "the connection was closed");
+    return true;
+}
+
+RemovalWatch::RemovalWatch(BusState& state, const std::string& unit) : state_(state) {
+    auto emplaced = state.awaited_removals.emplace(unit, false);
+    it_ = emplaced.first;
+    owned_ = emplaced.second;
+}
+
+RemovalWatch::~RemovalWatch() {
+    if (owned_) state_.awaited_removals.erase(it_);
 }
 
 }  // namespace detail

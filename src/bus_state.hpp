@@ -2,6 +2,7 @@
 // What a Bus handle shares: the connection, the lock that serialises its use, and the bookkeeping of the
 // Manager signals sdfutures waits for. Private to the library.
 
+#include <poll.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 
 #include <sdbus-c++/sdbus-c++.h>
@@ -38,8 +40,32 @@ struct BusState {
 
     // Dispatches bus messages until done() holds (true) or the deadline passes (false). Caller holds mutex.
     bool dispatch_until(const std::function<bool()>& done, Deadline deadline);
+    // One poll(2) over the connection and the caller's own descriptors (their revents are filled in), so a
+    // loop that feeds and drains pipes dispatches systemd's signals in the same thread. Sleeps until the bus
+    // needs processing, one of `fds` is ready, or the deadline (or a timeout sd-bus asks for) passes; false
+    // only when the deadline has passed. The caller holds mutex and has just drained the connection
+    // (processPendingRequest() returned false): messages already queued would not wake poll(2).
+    bool poll_with(std::span<pollfd> fds, Deadline deadline);
     // Throws StateError when used in a forked child: an sd-bus connection belongs to the process that made it.
     void check_owner() const;
+};
+
+// Registers interest in a unit's UnitRemoved signal for its lifetime, so that a removal between asking
+// whether the unit is loaded and waiting for it to go is still seen. Caller holds the bus mutex throughout.
+class RemovalWatch {
+public:
+    RemovalWatch(BusState& state, const std::string& unit);
+    ~RemovalWatch();
+    RemovalWatch(const RemovalWatch&) = delete;
+    RemovalWatch& operator=(const RemovalWatch&) = delete;
+    bool removed() const { return it_->second; }
+    // Dispatches until UnitRemoved arrived or the deadline passed.
+    bool wait(Deadline deadline) { return state_.dispatch_until([this] { return removed(); }, deadline); }
+
+private:
+    BusState& state_;
+    std::map<std::string, bool>::iterator it_;
+    bool owned_;
 };
 
 // Runs a D-Bus call, translating sdbus::Error into SystemdError naming the call.

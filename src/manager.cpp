@@ -135,17 +135,7 @@ bool Manager::wait_unit_gone(const std::string& name, std::optional<std::chrono:
     auto& state = bus_.state();
     std::lock_guard lock(state.mutex);
     state.check_owner();
-    // Not a structured binding: clang 14 cannot capture those in the lambda below.
-    auto emplaced = state.awaited_removals.emplace(name, false);
-    auto it = emplaced.first;
-    bool inserted = emplaced.second;
-    struct Forget {
-        detail::BusState& s;
-        std::map<std::string, bool>::iterator it;
-        bool owned;
-        ~Forget() { if (owned) s.awaited_removals.erase(it); }
-    } forget{state, it, inserted};
-    // Registered before asking, so a removal between the question and the wait is still seen.
+    detail::RemovalWatch watch(state, name);  // before asking, so a removal in between is still seen
     try {
         sdbus::ObjectPath path;
         state.manager->callMethod("GetUnit").onInterface(kManagerInterface).withArguments(name).storeResultsTo(path);
@@ -153,7 +143,7 @@ bool Manager::wait_unit_gone(const std::string& name, std::optional<std::chrono:
         if (e.getName() == "org.freedesktop.systemd1.NoSuchUnit") return true;
         detail::throw_systemd_error("GetUnit " + name, e);
     }
-    return state.dispatch_until([&] { return it->second; }, detail::deadline_after(timeout));
+    return watch.wait(detail::deadline_after(timeout));
 }
 
 void Manager::attach_processes_to_unit(const std::string& name, const std::string& subcgroup,
