@@ -2,6 +2,7 @@
 // sdfutures: run C++ work in systemd transient units, futures-style.
 
 #include "sdfutures/bus.hpp"
+#include "sdfutures/command.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 #include "sdfutures/pool.hpp"

@@ -1,0 +1,235 @@
+#pragma once
+// Command: the systemd-run of sdfutures. Runs a program in a transient service unit of its own, with any
+// property systemd accepts for a service (sandboxing included), its standard streams connected as asked,
+// and reports how it ended: exit code or signal, the unit's Result, CPU time, captured output.
+//
+//     CommandResult r = Command({"/usr/bin/file", "-"})
+//                           .property("PrivateNetwork", "yes")
+//                           .property("DynamicUser", "yes")
+//                           .stdin_from(untrusted_bytes)
+//                           .capture_stdout()
+//                           .run(std::chrono::seconds(10));
+//     if (r.success()) std::cout << r.captured_stdout;
+//
+// The streams reach systemd as file descriptors (StandardInputFileDescriptor= and friends, as
+// `systemd-run --pipe` does), so the program reads and writes them itself. Fed input and captured output
+// pass through pipes that this process serves in the same poll(2) loop that dispatches systemd's signals:
+// no threads, and large outputs cannot deadlock against a large input.
+//
+// How the end is seen: the unit's PropertiesChanged signal (and JobRemoved of its start job) are matched
+// before StartTransientUnit is sent, so waiting sleeps in poll(2) and nothing is missed. The unit is started
+// with AddRef=yes, which keeps it loaded after it ends so its Result and exit status can be read; then this
+// library drops the reference (Unit.Unref) and, with CollectMode=inactive-or-failed, systemd collects it.
+// When wait() returns, the unit is gone. Needs systemd >= 236 (AddRef=).
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sdbus-c++/Types.h>
+
+#include "sdfutures/bus.hpp"
+#include "sdfutures/error.hpp"
+#include "sdfutures/properties.hpp"
+
+namespace sdfutures {
+
+// How a command ended. Filled in from the unit's properties after it became inactive or failed.
+struct CommandResult {
+    std::string unit;                // the unit it ran in (already collected)
+    std::optional<int> exit_code;    // the main process exited (ExecMainCode=CLD_EXITED): its exit code
+    std::optional<int> signal;       // the main process was killed (CLD_KILLED or CLD_DUMPED): the signal
+    bool core_dumped = false;        // ... and dumped core (CLD_DUMPED)
+    // systemd's Result= for the unit: "success", "exit-code", "signal", "core-dump", "timeout" (RuntimeMaxSec=),
+    // "oom-kill", ... Note systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE deaths as "success".
+    std::string unit_result;
+    // CPUUsageNSec=, when the manager accounted it (CPUAccounting=yes is set unless you set it yourself; a
+    // manager without a usable cpu controller, e.g. a user manager on cgroup v1, reports nothing).
+    std::optional<std::chrono::nanoseconds> cpu_time;
+    // MemoryPeak= in bytes, when the manager has that property (systemd >= 255) and accounted it.
+    std::optional<uint64_t> memory_peak;
+    // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
+    std::optional<std::chrono::microseconds> run_time;
+    std::string captured_stdout;     // empty unless capture_stdout()
+    std::string captured_stderr;     // empty unless capture_stderr()
+    bool stdout_truncated = false;   // the capture limit was reached: later output was not read
+    bool stderr_truncated = false;
+    bool timed_out = false;          // run()'s timeout passed and the unit was stopped
+    bool stopped = false;            // stopped on request: CommandProcess::stop() or run()'s timeout
+
+    // Exited with code 0 and was not stopped.
+    bool success() const noexcept { return exit_code == 0 && !stopped; }
+    // "exited with code 3", "killed by signal SIGSEGV (core dumped)", for messages.
+    std::string status_text() const;
+};
+
+// systemd created the unit but could not start the program: the start job failed. Raised by wait() (and
+// run()) with the unit already collected. Typical causes, named in what(): the program could not be
+// executed (exit status 203/EXEC), WorkingDirectory= does not exist (200/CHDIR), User= unknown (217/USER),
+// a sandbox setting the kernel refused (226/NAMESPACE, 228/SECCOMP, ...).
+// systemd 252 can fail the start job of a program that did run but failed within moments (its exit can
+// overtake systemd's notice of the execve()); such a run is reported as a CommandResult, not as this error.
+// Only a program that itself exits at once with one of systemd's setup statuses (200..243) is mistaken for
+// a start failure.
+class CommandStartFailed : public JobFailed {
+public:
+    CommandStartFailed(std::string unit, std::string job_result, std::string program, std::string unit_result,
+                       std::optional<int> exec_status);
+    const std::string& program() const noexcept { return program_; }
+    const std::string& unit_result() const noexcept { return unit_result_; }
+    // ExecMainStatus= when systemd's setup of the process failed: 200..243, see systemd.exec(5) "PROCESS EXIT CODES".
+    std::optional<int> exec_status() const noexcept { return exec_status_; }
+    // Names the program, the unit and systemd's reason (JobFailed's own text says only the job result).
+    const char* what() const noexcept override { return message_.c_str(); }
+
+private:
+    std::string program_, unit_result_, message_;
+    std::optional<int> exec_status_;
+};
+
+// The program named in argv[0] cannot be run: it does not exist, is not an executable file, or is a relative
+// path. Thrown by Command::start() before anything is sent to systemd.
+class ProgramNotFound : public Error {
+public:
+    ProgramNotFound(std::string program, const std::string& why);
+    const std::string& program() const noexcept { return program_; }
+
+private:
+    std::string program_;
+};
+
+class CommandProcess;
+
+// A program to run and how: build it with the chainable setters, then start() or run() it (as often as you
+// like; each start makes a new unit). Every check that can be made before systemd is asked is made by the
+// setter or by start(), before anything runs: bad properties throw PropertyError, a missing program throws
+// ProgramNotFound naming it, combinations this class cannot honour throw UnsupportedProperty or Unsupported.
+class Command {
+public:
+    // argv[0] is the program: an absolute path, or a name without '/' looked up in $PATH here (as systemd-run
+    // does; the default "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" when $PATH is unset).
+    // Relative paths with a '/' are refused: the unit does not run in this process's directory. The arguments
+    // reach the program verbatim, as with execve(): the '$' that systemd would expand in ExecStart= are escaped.
+    explicit Command(std::vector<std::string> argv);
+
+    // ---- the unit
+    // A property in unit-file syntax, as `systemd-run -p NAME=VALUE` takes it: any name the property parser
+    // knows (SystemCallFilter, ProtectSystem, DynamicUser, PrivateNetwork, MemoryMax, User, ...). Properties
+    // Command sets itself are refused (ExecStart, Type, RemainAfterExit, Restart, CollectMode, AddRef and the
+    // Standard* ones: use the stream setters below).
+    Command& property(std::string name, std::string value);
+    // Any property as its D-Bus name and typed value, checked by systemd at start (Properties::set_typed).
+    Command& typed_property(std::string name, sdbus::Variant value);
+    // All of `properties`, in order, with the same checks.
+    Command& properties(const Properties& properties);
+    // Environment=: one variable for the program. Its value may hold any characters (it is not re-parsed).
+    Command& environment(std::string name, std::string value);
+    // WorkingDirectory=: an absolute path, or "~" for the home of the unit's user.
+    Command& working_directory(std::string path);
+    // The unit's name, ending in ".service". Default: "sdfutures-cmd-<pid>-<n>-<random>.service", new for
+    // every start().
+    Command& unit_name(std::string name);
+    // The manager to run under. Default: a new Bus::automatic() connection for every start(). A thread that
+    // serves a command (wait(), stop(), ...) holds its Bus's lock meanwhile, as PendingJob::wait() does, so
+    // other users of a shared Bus wait for it; a Bus of its own (the default) avoids that.
+    Command& bus(Bus bus);
+
+    // ---- standard input (default: /dev/null, as for every service)
+    Command& stdin_from(std::string data);  // these bytes, then end of file
+    Command& stdin_from_fd(int fd);         // a descriptor of yours: systemd gets a duplicate; yours stays open
+    Command& stdin_from_null();             // /dev/null
+    Command& inherit_stdin();               // this process's descriptor 0
+
+    // ---- standard output (default: inherit)
+    // Collect it into CommandResult::captured_stdout. With max_bytes, stop reading once that many bytes are
+    // held: the pipe is closed, so the program's next write fails with EPIPE (systemd ignores SIGPIPE for
+    // services; with typed_property("IgnoreSIGPIPE", false) it dies of SIGPIPE, as under `| head -c`), and
+    // stdout_truncated is set. Memory is then bounded by max_bytes.
+    Command& capture_stdout(std::optional<std::size_t> max_bytes = std::nullopt);
+    Command& stdout_to_fd(int fd);          // a descriptor of yours, duplicated as for stdin_from_fd
+    Command& stdout_to_null();
+    Command& stdout_to_journal();           // StandardOutput=journal
+    Command& inherit_stdout();              // this process's descriptor 1
+
+    // ---- standard error (default: inherit)
+    Command& capture_stderr(std::optional<std::size_t> max_bytes = std::nullopt);
+    Command& stderr_to_fd(int fd);
+    Command& stderr_to_null();
+    Command& stderr_to_journal();
+    Command& inherit_stderr();              // this process's descriptor 2
+    Command& stderr_to_stdout();            // 2>&1: wherever stdout goes (captured together, when captured)
+
+    const std::vector<std::string>& argv() const noexcept { return argv_; }
+
+    // Starts the unit and returns at once; the program runs while you do other things. Input is fed and
+    // output captured only while a thread is in CommandProcess::wait()/wait_for()/stop() (a program that
+    // fills its pipe meanwhile just blocks, as with any pipe). Throws before anything runs (see above), or
+    // SystemdError when systemd refuses the unit (a property it does not accept, UnitExists, ...).
+    CommandProcess start() const;
+    // start() and wait until it ends. With a timeout: when it passes, the unit is stopped (StopUnit, waiting
+    // for the stop: SIGTERM, then SIGKILL after TimeoutStopSec=) and the result has timed_out set.
+    CommandResult run(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
+
+private:
+    enum class Stream { inherit, null, fd, capture, data, journal, to_stdout };
+    struct StreamSpec {
+        StreamSpec(Stream k, int f = -1, std::optional<std::size_t> max = std::nullopt) : kind(k), fd(f), max_bytes(max) {}
+        Stream kind;
+        int fd;
+        std::optional<std::size_t> max_bytes;
+    };
+    friend class CommandProcess;
+
+    std::vector<std::string> argv_;
+    Properties properties_;
+    std::vector<std::string> environment_;  // "NAME=value", sent as one typed Environment= property
+    std::optional<std::string> unit_name_;
+    std::optional<Bus> bus_;
+    StreamSpec stdin_{Stream::null};
+    StreamSpec stdout_{Stream::inherit};
+    StreamSpec stderr_{Stream::inherit};
+    std::shared_ptr<const std::string> stdin_data_;  // shared, not copied, between copies of a Command
+};
+
+// A started command. wait() serves its pipes and systemd's signals until it ends. Any of wait(), wait_for(),
+// stop() and kill() may be called from different threads at once: one thread serves the command at a time,
+// and a stop() or kill() made while another thread waits is handed to that thread and carried out at once.
+// Destroying a handle whose command has not ended stops the unit (without waiting) and lets it be collected.
+// A moved-from handle may only be destroyed or assigned to.
+class CommandProcess {
+public:
+    CommandProcess(CommandProcess&&) noexcept;
+    CommandProcess& operator=(CommandProcess&&) noexcept;
+    CommandProcess(const CommandProcess&) = delete;
+    CommandProcess& operator=(const CommandProcess&) = delete;
+    ~CommandProcess();
+
+    const std::string& unit() const noexcept;
+    const Bus& bus() const noexcept;
+
+    // Until the program has ended and its unit is gone. The result can be taken once (a second call throws
+    // StateError). Throws CommandStartFailed when systemd could not start the program.
+    CommandResult wait();
+    // As wait(), or nullopt when the timeout passes first; the command then keeps running (and may be waited
+    // for again, or stopped).
+    std::optional<CommandResult> wait_for(std::chrono::milliseconds timeout);
+    // StopUnit, and returns when the unit has stopped (its result then waits for wait()). Nothing happens when
+    // the command has already ended.
+    void stop();
+    // KillUnit: `signal` to every process of the unit, at once; wait() reports the outcome. Nothing happens
+    // when the command has already ended.
+    void kill(int signal);
+
+private:
+    friend class Command;
+    struct Impl;
+    explicit CommandProcess(std::unique_ptr<Impl> impl);
+    Impl& impl() const;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sdfutures

@@ -1,0 +1,1 @@
+sdfutures_add_test(command_test command_test.cpp)
