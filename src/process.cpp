@@ -1,7 +1,9 @@
 #include "sdfutures/process.hpp"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -84,6 +86,62 @@ void check_properties_reach_forked_children(const Properties& properties) {
         if (!property_reach(e.name)) throw UnsupportedProperty(e.name, why_unreachable(e.name));
         if (e.name == "Delegate" && !parse::boolean(e.name, e.text))
             throw UnsupportedProperty(e.name, "sdfutures needs Delegate=yes to attach processes to the unit");
+    }
+    if (::geteuid() == 0) return;
+
+    // Not root (docs/unprivileged.md). The child keeps this process's uid, groups and namespaces, because a non-root
+    // process can change none of them; so what would need that is refused here, before a unit or a process exists,
+    // instead of failing in the child or silently not applying. Measured with systemd 252's manager of an
+    // unprivileged user: User= and SupplementaryGroups= fail the start (216/GROUP) even naming the caller's own
+    // identity; Group= works only as the caller's own group; PrivateTmp= and the other namespace properties start
+    // the unit in the caller's own namespaces, without a word.
+    const uid_t uid = ::geteuid();
+    const gid_t gid = ::getegid();
+    std::string user_name = std::to_string(uid), group_name = std::to_string(gid);
+    {
+        std::vector<char> buffer(1 << 16);
+        passwd pw{}, *pw_found = nullptr;
+        if (::getpwuid_r(uid, &pw, buffer.data(), buffer.size(), &pw_found) == 0 && pw_found) user_name = pw.pw_name;
+        group gr{}, *gr_found = nullptr;
+        if (::getgrgid_r(gid, &gr, buffer.data(), buffer.size(), &gr_found) == 0 && gr_found) group_name = gr.gr_name;
+    }
+    const std::string caller = "this process runs as " + user_name + " (uid " + std::to_string(uid) + ", gid " +
+                               std::to_string(gid) + ")";
+    auto names_gid = [&](const std::string& text) { return text == group_name || text == std::to_string(gid); };
+    for (auto& e : properties.entries()) {
+        if (e.name == "User") {
+            if (e.text == user_name || e.text == std::to_string(uid))
+                throw UnsupportedProperty(
+                    e.name, "a non-root user's own systemd manager cannot apply User=, not even naming that user "
+                            "(systemd fails the start with 216/GROUP: initgroups() needs root); leave it out, " +
+                                caller + " and the work runs as the same user");
+            throw UnsupportedProperty(
+                e.name, "running the work as user '" + e.text + "' needs root: " + caller +
+                            ", a non-root process cannot change its uid, and a user's own systemd manager cannot "
+                            "start a unit as another user");
+        }
+        if (e.name == "Group" && !names_gid(e.text))
+            throw UnsupportedProperty(
+                e.name, "running the work with group '" + e.text + "' needs root: " + caller +
+                            ", a non-root process cannot change its gid, and a user's own systemd manager cannot "
+                            "start a unit with another group (Group= naming the caller's own group is accepted)");
+        if (e.name == "SupplementaryGroups" && !parse::words(e.name, e.text).empty())
+            throw UnsupportedProperty(
+                e.name, "setting supplementary groups needs root: a non-root process cannot change its groups, and "
+                        "a user's own systemd manager fails the start with 216/GROUP even for the caller's own groups "
+                        "(setgroups() needs CAP_SETGID); " + caller);
+        if (property_reach(e.name) == PropertyReach::namespaces) {
+            bool enabled = true;  // ProtectSystem=strict, ProtectHome=tmpfs, ...: not booleans, all of them enable
+            try {
+                enabled = parse::boolean(e.name, e.text);
+            } catch (const PropertyError&) {
+            }
+            if (enabled)
+                throw UnsupportedProperty(
+                    e.name, "it needs root: a non-root user's own systemd manager cannot create the namespace it "
+                            "needs and starts the unit without it, saying nothing, and a non-root process could not "
+                            "join one either; the work would run without the protection asked for (" + caller + ")");
+        }
     }
 }
 

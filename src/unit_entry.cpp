@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdlib>
@@ -87,7 +88,10 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
         if (::setns(fd, 0) != 0) {
             int err = errno;
             for (auto& j : to_join) ::close(j.first);
-            return fail(failure, "join namespace " + name, err, "setns to the unit's main process's namespace");
+            return fail(failure, "join namespace " + name, err,
+                        ::geteuid() == 0 ? "setns to the unit's main process's namespace"
+                                         : "setns to the unit's main process's namespace, which a non-root process "
+                                           "cannot join: the owner must share its user manager's namespaces");
         }
     }
     for (auto& j : to_join) ::close(j.first);
@@ -142,8 +146,16 @@ bool copy_nice(const EntryRequest& r, EntryFailure& failure) {
     for (int i = 3; i <= 19 && in >> field; ++i)
         if (i == 19) nice = std::strtol(field.c_str(), nullptr, 10);
     errno = 0;
-    if (::setpriority(PRIO_PROCESS, 0, static_cast<int>(nice)) != 0)
-        return fail(failure, "apply Nice=", errno, "setpriority " + std::to_string(nice));
+    if (::setpriority(PRIO_PROCESS, 0, static_cast<int>(nice)) != 0) {
+        int err = errno;
+        // Lowering the nice value needs CAP_SYS_NICE or RLIMIT_NICE, which a non-root owner started at a higher
+        // one usually lacks. Keep our own value then: the child runs at a lower priority than the unit's, never a
+        // higher one (as with rlimits).
+        errno = 0;
+        int ours = ::getpriority(PRIO_PROCESS, 0);
+        if ((err == EACCES || err == EPERM) && errno == 0 && ours > nice) return true;
+        return fail(failure, "apply Nice=", err, "setpriority " + std::to_string(nice));
+    }
     return true;
 }
 
@@ -153,7 +165,10 @@ bool drop_bounding_set(const std::string& status, EntryFailure& failure) {
         if (theirs & (1ull << cap)) continue;
         if (::prctl(PR_CAPBSET_READ, cap) != 1) continue;
         if (::prctl(PR_CAPBSET_DROP, cap) != 0)
-            return fail(failure, "apply capability bounding set", errno, "drop capability " + std::to_string(cap));
+            return fail(failure, "apply capability bounding set", errno,
+                        "drop capability " + std::to_string(cap) +
+                            (::geteuid() == 0 ? "" : " (the unit's main process has a smaller bounding set than the "
+                                                     "owner, and a non-root process cannot shrink its own)"));
     }
     return true;
 }
@@ -166,13 +181,32 @@ bool take_credentials(const std::string& status, EntryFailure& failure) {
     uid_t uid = static_cast<uid_t>(uids[0]);
     gid_t gid = static_cast<gid_t>(gids[0]);
     std::vector<gid_t> group_list(groups.begin(), groups.end());
-    // Supplementary groups first, while we still may: they are the target user's, never root's.
-    if (::setgroups(group_list.size(), group_list.data()) != 0)
-        return fail(failure, "set supplementary groups", errno, "setgroups");
-    if (::setresgid(gid, gid, gid) != 0) return fail(failure, "set gid", errno, "setresgid " + std::to_string(gid));
-    if (::setresuid(uid, uid, uid) != 0) return fail(failure, "set uid", errno, "setresuid " + std::to_string(uid));
+    // A call that would change nothing is skipped: a non-root process may not call setgroups() at all, and the
+    // child of a non-root owner already has its unit's identity (a user's own manager runs units as that user).
+    // Any real change is still attempted, and fails for a non-root owner.
+    const bool root = ::geteuid() == 0;
+    std::vector<gid_t> current_groups(static_cast<size_t>(std::max(0, ::getgroups(0, nullptr))));
+    current_groups.resize(static_cast<size_t>(
+        std::max(0, ::getgroups(static_cast<int>(current_groups.size()), current_groups.data()))));
+    std::vector<gid_t> wanted_groups = group_list;
+    std::sort(current_groups.begin(), current_groups.end());
+    std::sort(wanted_groups.begin(), wanted_groups.end());
     uid_t ru, eu, su;
     gid_t rg, eg, sg;
+    ::getresuid(&ru, &eu, &su);
+    ::getresgid(&rg, &eg, &sg);
+    // Supplementary groups first, while we still may: they are the target user's, never root's.
+    if (current_groups != wanted_groups && ::setgroups(group_list.size(), group_list.data()) != 0)
+        return fail(failure, "set supplementary groups", errno,
+                    root ? "setgroups"
+                         : "setgroups: the unit's main process has other supplementary groups than the owner, "
+                           "and a non-root process cannot change its own");
+    if ((rg != gid || eg != gid || sg != gid) && ::setresgid(gid, gid, gid) != 0)
+        return fail(failure, "set gid", errno,
+                    "setresgid " + std::to_string(gid) + (root ? "" : " (a non-root owner cannot take another gid)"));
+    if ((ru != uid || eu != uid || su != uid) && ::setresuid(uid, uid, uid) != 0)
+        return fail(failure, "set uid", errno,
+                    "setresuid " + std::to_string(uid) + (root ? "" : " (a non-root owner cannot take another uid)"));
     ::getresuid(&ru, &eu, &su);
     ::getresgid(&rg, &eg, &sg);
     if (ru != uid || eu != uid || su != uid || rg != gid || eg != gid || sg != gid)
