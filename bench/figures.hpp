@@ -1,0 +1,30 @@
+#pragma once
+// The seven figures of the benchmark. Each measures sdfutures and its floor in the same process, interleaved,
+// and adds its rows (and breakdown notes) to the report.
+
+#include <string>
+
+#include <sdfutures/bus.hpp>
+
+#include "floors.hpp"
+#include "harness.hpp"
+
+namespace bench {
+
+struct Context {
+    Config config;
+    Report report;
+    std::string bus_spec;     // SDFUTURES_BUS
+    sdfutures::Bus bus;       // shared by the measurements that pass ProcessOptions/PoolOptions::bus
+    RawSystemd& raw;          // the floors' own connection
+};
+
+void figure_pool_ready(Context& c);       // 1
+void figure_task_throughput(Context& c);  // 2
+void figure_result_bandwidth(Context& c); // 3
+void figure_process(Context& c);          // 4
+void figure_cpu_quota(Context& c);        // 5
+void figure_worker_memory(Context& c);    // 6
+void figure_python(Context& c);           // 7
+
+}  // namespace bench
