@@ -11,12 +11,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <iomanip>
+#include <iterator>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include <sdfutures/detail/wire.hpp>
 #include <sdfutures/pool.hpp>
@@ -98,12 +102,12 @@ std::string mib_label(std::size_t bytes) {
 
 // ---- /proc readers --------------------------------------------------------------------------------------------
 
-std::map<std::string, double> proc_kib_fields(const std::string& path) {
+// "Key: value [unit]" or "key value" lines (smaps_rollup, status, cpu.stat) as key → value.
+std::map<std::string, double> proc_fields(const std::string& path) {
     std::map<std::string, double> out;
     std::ifstream in(path);
     std::string key;
     double value;
-    std::string unit;
     std::string line;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
@@ -120,8 +124,8 @@ struct Memory {
 };
 
 Memory memory_of(pid_t pid) {
-    auto rollup = proc_kib_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
-    auto status = proc_kib_fields("/proc/" + std::to_string(pid) + "/status");
+    auto rollup = proc_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
     if (rollup.empty()) throw std::runtime_error("cannot read smaps_rollup of " + std::to_string(pid));
     Memory m;
     m.uss = (rollup["Private_Clean"] + rollup["Private_Dirty"] + rollup["Private_Hugetlb"]) * 1024;
@@ -132,7 +136,7 @@ Memory memory_of(pid_t pid) {
 }
 
 pid_t parent_of(pid_t pid) {
-    auto status = proc_kib_fields("/proc/" + std::to_string(pid) + "/status");
+    auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
     return static_cast<pid_t>(status["PPid"]);
 }
 
@@ -439,7 +443,7 @@ void figure_cpu_quota(Context& c) {
             std::string dir = cpu.empty() ? "" : "/sys/fs/cgroup/cpu" + cpu;
             if (!dir.empty())
                 applied = read_word(dir + "/cpu.cfs_quota_us") + "/" + read_word(dir + "/cpu.cfs_period_us") + " µs";
-            auto cpu_stat = proc_kib_fields(dir + "/cpu.stat");
+            auto cpu_stat = proc_fields(dir + "/cpu.stat");
             double stat0 = 0;
             for (pid_t p : pids) stat0 += stat_cpu_seconds(p);
             auto a = pool.submit(&burn, ms);
@@ -447,7 +451,7 @@ void figure_cpu_quota(Context& c) {
             double share = (a.get() + b.get()) / wall;
             double stat1 = 0;
             for (pid_t p : pids) stat1 += stat_cpu_seconds(p);
-            auto cpu_stat1 = proc_kib_fields(dir + "/cpu.stat");
+            auto cpu_stat1 = proc_fields(dir + "/cpu.stat");
             task_clock.push_back(share);
             proc_stat.push_back((stat1 - stat0) / wall);
             double periods = cpu_stat1["nr_periods"] - cpu_stat["nr_periods"];
