@@ -10,6 +10,7 @@
 
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
+#include "sdfutures/system_info.hpp"
 
 namespace sdfutures::detail {
 namespace {
@@ -64,7 +65,7 @@ uint32_t verified_main_pid(const Unit& unit) {
 
 uint64_t oom_kill_count(const std::string& control_group) noexcept {
     try {
-        for (std::string file : {"/sys/fs/cgroup/memory" + control_group + "/memory.oom_control",
+        for (const std::string& file : {"/sys/fs/cgroup/memory" + control_group + "/memory.oom_control",
                                  "/sys/fs/cgroup/unified" + control_group + "/memory.events",
                                  "/sys/fs/cgroup" + control_group + "/memory.events"}) {
             std::ifstream in(file);
@@ -88,6 +89,14 @@ std::string describe_exit(int exit_status) {
     if (exit_status >= 0) return "exited with code " + std::to_string(exit_status);
     const char* abbrev = sigabbrev_np(-exit_status);
     return std::string("was killed by ") + (abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(-exit_status));
+}
+
+void require_support(const Bus& bus, const Properties& properties) {
+    const SystemInfo info = system_info(bus);
+    for (auto requirement : {Requirement::exec_service_type, Requirement::attach_processes, Requirement::pidfd,
+                             Requirement::close_range})
+        require(requirement, info);
+    require_properties(properties, info);
 }
 
 void stop_and_wait_gone(const Bus& bus, const std::string& unit) noexcept {

@@ -32,6 +32,10 @@ int exit_status_from_wait_status(int wait_status) noexcept;
 // "exited with code 3", "was killed by SIGSEGV"
 std::string describe_exit(int exit_status);
 
+// Throws Unsupported naming what is missing when the manager, the kernel or the cgroup layout lack what an
+// anchored unit with these properties needs (see system_info.hpp); asks the manager for its version.
+void require_support(const Bus& bus, const Properties& properties);
+
 // Stops the unit and waits until it is unloaded; a unit already gone is fine. Never throws.
 void stop_and_wait_gone(const Bus& bus, const std::string& unit) noexcept;
 

@@ -60,7 +60,7 @@ bool BusState::poll_with(std::span<pollfd> fds, Deadline deadline) {
     for (auto& p : fds) all.push_back(pollfd{p.fd, p.events, 0});
     int r = ::poll(all.data(), all.size(), timeout_ms);
     if (r < 0 && errno != EINTR) throw BusError(description, "poll failed: " + errno_text(errno));
-    for (size_t i = 0; i < fds.size(); ++i) fds[i].revents = r > 0 ? all[i + 1].revents : 0;
+    for (size_t i = 0; i < fds.size(); ++i) fds[i].revents = r > 0 ? all[i + 1].revents : short{0};
     if (r > 0 && (all[0].revents & (POLLHUP | POLLERR)) && !(all[0].revents & POLLIN))
         throw BusError(description, "the connection was closed");
     return true;
@@ -131,7 +131,8 @@ Bus Bus::address(const std::string& address) {
 }
 
 Bus Bus::automatic() {
-    const char* env = std::getenv("SDFUTURES_BUS");
+    // getenv races only with setenv/putenv, which sdfutures calls in forked children alone.
+    const char* env = std::getenv("SDFUTURES_BUS");  // NOLINT(concurrency-mt-unsafe)
     std::string choice = env ? env : "";
     if (choice == "system") return system();
     if (choice == "user") return user();

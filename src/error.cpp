@@ -19,10 +19,10 @@ PropertyError::PropertyError(std::string property, std::string value, const std:
     : Error("property " + property + "=" + value + " is invalid: expected " + expected),
       property_(std::move(property)), value_(std::move(value)) {}
 
-PropertyError::PropertyError(std::string property, std::string value, std::string what, int)
-    : Error(std::move(what)), property_(std::move(property)), value_(std::move(value)) {}
+PropertyError::PropertyError(std::string property, std::string value, const std::string& what, int)
+    : Error(what), property_(std::move(property)), value_(std::move(value)) {}
 
-UnsupportedProperty::UnsupportedProperty(std::string property, const std::string& why)
+UnsupportedProperty::UnsupportedProperty(const std::string& property, const std::string& why)
     : PropertyError(property, "", "property " + property + "= is not supported here: " + why, 0) {}
 
 RemoteError::RemoteError(std::string type_name, std::string what)

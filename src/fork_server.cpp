@@ -138,7 +138,7 @@ bool write_all_vectored(int fd, iovec (&parts)[2]) {
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    ::sigprocmask(SIG_BLOCK, &chld, nullptr);
+    ::sigprocmask(SIG_BLOCK, &chld, nullptr);  // NOLINT(concurrency-mt-unsafe): the fork server has one thread
     int sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     std::set<pid_t> workers;
     const pid_t self = ::getpid();
@@ -181,7 +181,7 @@ bool write_all_vectored(int fd, iovec (&parts)[2]) {
                 if (pid == 0) {
                     ::close(pair[0]);
                     ::close(sigfd);
-                    ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);
+                    ::sigprocmask(SIG_UNBLOCK, &chld, nullptr);  // NOLINT(concurrency-mt-unsafe): a new worker, one thread
                     worker_main(pair[1], self, config);
                 }
                 ::close(pair[1]);

@@ -13,7 +13,7 @@ PendingJob::PendingJob(Bus bus, std::string unit, std::string type, std::string 
     : bus_(std::move(bus)), unit_(std::move(unit)), type_(std::move(type)), path_(std::move(path)) {}
 
 PendingJob::PendingJob(PendingJob&& other) noexcept
-    : bus_(other.bus_), unit_(std::move(other.unit_)), type_(std::move(other.type_)),
+    : bus_(std::move(other.bus_)), unit_(std::move(other.unit_)), type_(std::move(other.type_)),
       path_(std::move(other.path_)), waited_(other.waited_) {
     other.waited_ = true;
 }

@@ -132,7 +132,7 @@ struct PoolCore::Impl {
     void handle_server_events();
     void handle_spawned(pid_t pid, int socket_fd);
     void finalize_dead_workers();
-    void break_pool(std::exception_ptr error);
+    void break_pool(const std::exception_ptr& error);
     bool unit_stopped();
     void update_pids();
     void request_spawn(std::size_t n);
@@ -150,6 +150,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     if (options.unit_name.empty()) options.unit_name = default_unit_name("pool");
     bus = options.bus ? *options.bus : Bus::automatic();
     unit.emplace(*bus, options.unit_name);
+    require_support(*bus, properties);
 
     int anchor_pipe[2];
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("pipe: " + errno_text(errno));
@@ -278,6 +279,9 @@ void PoolCore::Impl::task_finished() {
     std::lock_guard lock(mutex);
     --unfinished;
     changed.notify_all();
+    // A retiring dispatcher sleeps in poll() until this count reaches zero, which a task cancelled by another
+    // thread brings about without any event of its own. Under the lock: the pool may be gone right after.
+    if (retire && unfinished == 0) wake_up();
 }
 
 void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error) {
@@ -301,7 +305,7 @@ bool PoolCore::Impl::unit_stopped() {
     }
 }
 
-void PoolCore::Impl::break_pool(std::exception_ptr error) {
+void PoolCore::Impl::break_pool(const std::exception_ptr& error) {
     std::deque<std::shared_ptr<TaskState>> queued;
     {
         std::lock_guard lock(mutex);
@@ -506,6 +510,13 @@ void PoolCore::Impl::finalize_dead_workers() {
             ++it;
             continue;
         }
+        // Each OOM kill the cgroup records explains one SIGKILLed worker, busy or idle. A worker that died of
+        // something else must not use it up: the victim's own exit may be handled after it.
+        bool oom_killed = false;
+        if (*w.exit_status == -SIGKILL && !w.timed_out && oom_kill_count(control_group) > oom_kills_seen) {
+            ++oom_kills_seen;
+            oom_killed = true;
+        }
         if (!w.in_flight.empty()) {
             auto head = std::move(w.in_flight.front());
             w.in_flight.pop_front();
@@ -518,10 +529,7 @@ void PoolCore::Impl::finalize_dead_workers() {
                 error = std::make_exception_ptr(UnitStopped(options.unit_name));
             } else {
                 std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
-                uint64_t oom = oom_kill_count(control_group);
-                if (*w.exit_status == -SIGKILL && oom > oom_kills_seen)
-                    how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
-                oom_kills_seen = oom;
+                if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
                 error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
             }
             if (error) {
@@ -567,6 +575,9 @@ void PoolCore::Impl::run_dispatcher() {
     ::fcntl(control.get(), F_SETFL, O_NONBLOCK);
     std::vector<pollfd> fds;
     for (;;) {
+        // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
+        // event would follow to bring the loop back to it.
+        assign_tasks();
         bool retiring;
         {
             std::lock_guard lock(mutex);
@@ -582,7 +593,6 @@ void PoolCore::Impl::run_dispatcher() {
             if (workers.empty() && spawning == 0) break;
             if (!server_alive) break;
         }
-        assign_tasks();
 
         fds.clear();
         fds.push_back({wake.get(), POLLIN, 0});

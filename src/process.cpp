@@ -182,8 +182,8 @@ ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
 
 ProcessCore::~ProcessCore() {
     if (state_ == State::running) {
-        signal(SIGKILL);
         try {
+            signal(SIGKILL);
             join(std::nullopt);
         } catch (...) {
         }
@@ -197,6 +197,7 @@ const Unit& ProcessCore::unit() const { return *unit_; }
 
 void ProcessCore::start(const Body& body) {
     if (state_ != State::created) throw StateError("start() was already called on " + options_.unit_name);
+    require_support(*bus_, properties_);
     Manager manager(*bus_);
 
     int reply_pipe[2], release_pipe[2], anchor_pipe[2];

@@ -91,14 +91,14 @@ Converter string_property(std::function<bool(std::string_view)> valid, std::stri
 Converter one_of(std::vector<std::string> choices) {
     std::string expected = "one of";
     for (auto& c : choices) expected += " '" + c + "'";
-    return string_property([choices](std::string_view v) {
+    return string_property([choices = std::move(choices)](std::string_view v) {
         for (auto& c : choices) if (v == c) return true;
         return false;
     }, expected);
 }
 
 Converter boolean_property(std::string dbus_name = {}) {
-    return [dbus_name](std::string_view name, std::string_view value) {
+    return [dbus_name = std::move(dbus_name)](std::string_view name, std::string_view value) {
         return std::vector{prop(dbus_name.empty() ? std::string(name) : dbus_name,
                                 sdbus::Variant(parse::boolean(name, value)))};
     };
@@ -123,7 +123,7 @@ Converter memory_limit() {
 }
 
 Converter time_property(std::string dbus_name) {
-    return [dbus_name](std::string_view name, std::string_view value) {
+    return [dbus_name = std::move(dbus_name)](std::string_view name, std::string_view value) {
         return std::vector{prop(dbus_name, sdbus::Variant(parse::microseconds(name, value)))};
     };
 }
@@ -221,7 +221,7 @@ std::vector<DbusProperty> ip_address_list(std::string_view name, std::string_vie
 
 // LimitNOFILE=soft:hard or a single value for both; the soft limit travels as Limit*Soft.
 Converter rlimit(std::function<uint64_t(std::string_view, std::string_view)> unit_parser) {
-    return [unit_parser](std::string_view name, std::string_view value) {
+    return [unit_parser = std::move(unit_parser)](std::string_view name, std::string_view value) {
         auto colon = value.find(':');
         uint64_t soft = unit_parser(name, value.substr(0, colon));
         uint64_t hard = colon == std::string_view::npos ? soft : unit_parser(name, value.substr(colon + 1));

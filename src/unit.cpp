@@ -109,6 +109,7 @@ std::vector<UnitProcess> Unit::processes() const {
         std::vector<sdbus::Struct<std::string, uint32_t, std::string>> raw;
         state.manager->callMethod("GetUnitProcesses").onInterface(detail::kManagerInterface).withArguments(name_).storeResultsTo(raw);
         std::vector<UnitProcess> out;
+        out.reserve(raw.size());
         for (auto& p : raw) out.push_back(UnitProcess{p.get<0>(), p.get<1>(), p.get<2>()});
         return out;
     });

@@ -228,7 +228,7 @@ bool copy_environment(const EntryRequest& r, EntryFailure& failure) {
     std::string environ_block;
     if (!read_whole(proc_path(r.main_pid, "environ"), environ_block))
         return fail(failure, "read Environment=", errno, "environ of the unit's main process");
-    ::clearenv();
+    ::clearenv();  // NOLINT(concurrency-mt-unsafe): the child after fork() has one thread
     size_t start = 0;
     while (start < environ_block.size()) {
         size_t end = environ_block.find('\0', start);
@@ -236,7 +236,7 @@ bool copy_environment(const EntryRequest& r, EntryFailure& failure) {
         std::string entry = environ_block.substr(start, end - start);
         auto eq = entry.find('=');
         if (eq != std::string::npos && eq > 0)
-            ::setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);
+            ::setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
         start = end + 1;
     }
     return true;

@@ -598,13 +598,13 @@ void FrameReader::throw_if_failed() const {
     if (!failure_.empty()) throw ProtocolError("the frame stream was already rejected: " + failure_);
 }
 
-void FrameReader::fail(std::string message) {
+void FrameReader::fail(const std::string& message) {
     failure_ = message;
     in_payload_ = false;
     header_filled_ = 0;
     payload_ = std::string();
     area_ = Area::none;
-    throw ProtocolError(std::move(message));
+    throw ProtocolError(message);
 }
 
 // ---- replies ----
@@ -619,7 +619,7 @@ void check_reply_size(std::size_t size, const WireLimits& limits) {
 
 std::string encode_void_reply() { return std::string(void_reply, sizeof void_reply); }
 
-std::string encode_exception_reply(std::exception_ptr error) noexcept {
+std::string encode_exception_reply(const std::exception_ptr& error) noexcept {
     try {
         const ExceptionReport report = describe_exception(error);
         std::string out;

@@ -249,7 +249,7 @@ TEST_F(ProcessTest, NoNewPrivilegesReachesTheChild) {
 }
 
 TEST_F(ProcessTest, AllocatingPastMemoryMaxKillsTheChildAndSaysSo) {
-    TransientUnitProcess p({{"MemoryMax", "64M"}, {"MemorySwapMax", "0"}}, [] {
+    TransientUnitProcess p(testing::memory_max_without_swap("64M"), [] {
         std::vector<std::unique_ptr<char[]>> hog;
         for (int i = 0; i < 1024; ++i) {
             hog.emplace_back(new char[1 << 20]);

@@ -57,7 +57,7 @@ public:
     const std::string& value() const noexcept { return value_; }
 
 protected:
-    PropertyError(std::string property, std::string value, std::string what, int);
+    PropertyError(std::string property, std::string value, const std::string& what, int);
 
 private:
     std::string property_, value_;
@@ -67,7 +67,7 @@ private:
 // function, which systemd can only apply to a program it executes itself).
 class UnsupportedProperty : public PropertyError {
 public:
-    UnsupportedProperty(std::string property, const std::string& why);
+    UnsupportedProperty(const std::string& property, const std::string& why);
 };
 
 // The manager, kernel or privileges lack something a feature needs (a systemd version, cgroup v2, root).

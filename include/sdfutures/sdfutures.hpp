@@ -8,4 +8,5 @@
 #include "sdfutures/pool.hpp"
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
+#include "sdfutures/system_info.hpp"
 #include "sdfutures/unit.hpp"

@@ -5,10 +5,26 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <thread>
 
 #include "sdfutures/sdfutures.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define OWNER_HELPER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define OWNER_HELPER_TSAN 1
+#endif
+#endif
+
 int main(int argc, char** argv) {
+#ifdef OWNER_HELPER_TSAN
+    // ThreadSanitizer gives a child forked from a single-threaded process a background thread, and a process of
+    // two threads cannot join the unit's mount namespace; a child of a multi-threaded process gets none.
+    std::thread([] {
+        for (;;) pause();
+    }).detach();
+#endif
     std::string kind = argc > 1 ? argv[1] : "process";
     if (kind == "process") {
         sdfutures::TransientUnitProcess p({{"User", "nobody"}}, [] {

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/types.h>
+
 #include <set>
 #include <string>
+#include <vector>
 
 #include "sdfutures/sdfutures.hpp"
 
@@ -20,9 +23,35 @@ std::string unique_unit_name(const std::string& suffix = ".service");
 // What a test may leave behind, recorded before it runs and compared after.
 struct ProcessSnapshot {
     std::set<int> fds;
-    std::set<std::string> units;  // loaded units whose name starts with "sdfutures"
+    std::set<std::string> units;        // loaded units whose name starts with "sdfutures"
+    std::set<pid_t> managed_processes;  // processes the manager's units hold (see manager_cgroup_root)
+    std::set<std::string> cgroup_dirs;  // cgroup directories of sdfutures units, in every hierarchy
+    std::set<pid_t> children;           // this process's children, running or zombies
     static ProcessSnapshot take(Manager& manager);
 };
+
+// One thing a test left behind.
+struct Leak {
+    enum class Kind { unit, process, cgroup_dir, child, zombie, fd };
+    Kind kind;
+    std::string subject;  // the unit name, the pid, the cgroup directory or the descriptor number
+    std::string message;  // a sentence naming it, for the failure report
+};
+
+// The audit: everything in `now` that was not in `before` and should not outlive a test. Processes are
+// looked for in the manager's subtree; with the private manager of scripts/with-systemd that is everything
+// below its cgroup but the manager itself (init.scope) and its dbus-daemon (app.slice/dbus.service); with a
+// machine's own manager, only what is in cgroups of units named sdfutures*.
+std::vector<Leak> find_leaks(const ProcessSnapshot& before, const ProcessSnapshot& now);
+// The same against a fresh snapshot.
+std::vector<Leak> find_leaks(Manager& manager, const ProcessSnapshot& before);
+
+// Where the manager's units live, relative to each hierarchy's mount point: $SDFUTURES_PRIVATE_MANAGER_CGROUP
+// for the private manager, else the parent of the manager's init.scope.
+std::string manager_cgroup_root(Manager& manager);
+// The mount point of the hierarchy systemd tracks processes in: /sys/fs/cgroup/systemd (legacy and hybrid
+// layouts) or /sys/fs/cgroup (unified).
+std::string tracking_hierarchy();
 
 class SystemdTest : public ::testing::Test {
 protected:
@@ -36,6 +65,11 @@ private:
     std::optional<Manager> manager_;
     ProcessSnapshot before_;
 };
+
+// MemoryMax=`max`, with MemorySwapMax=0 where a memory controller can hold it (the unified layout; elsewhere
+// systemd would accept it and do nothing, and sdfutures refuses it): an allocation past the limit then meets the
+// OOM killer, not swap, on every layout of a machine without swap, and on unified ones with it.
+Properties memory_max_without_swap(const std::string& max);
 
 // Reads a whole file, for /proc and /sys checks.
 std::string read_file(const std::string& path);

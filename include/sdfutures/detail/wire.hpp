@@ -146,7 +146,7 @@ private:
     void begin_payload(std::size_t length);
     void complete_payload();
     void throw_if_failed() const;
-    [[noreturn]] void fail(std::string message);
+    [[noreturn]] void fail(const std::string& message);
 
     WireLimits limits_;
     std::array<unsigned char, frame_header_bytes> header_{};
@@ -179,7 +179,7 @@ std::string encode_void_reply();
 // the exception is rethrown and caught internally, and for types not derived from std::exception the type comes
 // from abi::__cxa_current_exception_type(). A thrown const char* or std::string is sent as the what text.
 // Never throws: if memory runs out while encoding, the reply is the allocation-free [3].
-std::string encode_exception_reply(std::exception_ptr error) noexcept;
+std::string encode_exception_reply(const std::exception_ptr& error) noexcept;
 
 // `error_number` must be an errno value (0..4095, 0 for none); anything else is sent as 0 with a note in the detail.
 // Never throws: if memory runs out, step and detail are dropped and only errno is kept.

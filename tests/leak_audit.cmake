@@ -1,0 +1,1 @@
+sdfutures_add_test(leak_audit_test leak_audit_test.cpp TIMEOUT 120)

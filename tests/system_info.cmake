@@ -1,0 +1,1 @@
+sdfutures_add_test(system_info_test system_info_test.cpp TIMEOUT 120)
