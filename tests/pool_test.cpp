@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 #include "support/owner.hpp"
 
 namespace sdfutures {
@@ -35,21 +36,7 @@ int square(int x) { return x * x; }
 int twice(int x) { return 2 * x; }
 pid_t own_pid() { return getpid(); }
 
-double cpu_seconds() {
-    timespec ts{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
-
-// Spins for `wall_ms` of wall-clock time and returns the CPU time it got meanwhile.
-double burn(int wall_ms) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(wall_ms);
-    double start = cpu_seconds();
-    volatile uint64_t sink = 0;
-    while (std::chrono::steady_clock::now() < end)
-        for (int i = 0; i < 10000; ++i) sink = sink + static_cast<uint64_t>(i);
-    return cpu_seconds() - start;
-}
+using testing::burn;
 
 int crash(int how) {
     switch (how) {

@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 #include "support/owner.hpp"
 
 namespace sdfutures {
@@ -249,14 +250,7 @@ TEST_F(ProcessTest, NoNewPrivilegesReachesTheChild) {
 }
 
 TEST_F(ProcessTest, AllocatingPastMemoryMaxKillsTheChildAndSaysSo) {
-    TransientUnitProcess p(testing::memory_max_without_swap("64M"), [] {
-        std::vector<std::unique_ptr<char[]>> hog;
-        for (int i = 0; i < 1024; ++i) {
-            hog.emplace_back(new char[1 << 20]);
-            std::memset(hog.back().get(), 1, 1 << 20);
-        }
-        return hog.size();
-    });
+    TransientUnitProcess p(testing::memory_max_without_swap("64M"), [] { return testing::hog_memory(1024); });
     p.start();
     try {
         p.result();

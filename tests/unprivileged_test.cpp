@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 
 namespace sdfutures {
 namespace {
@@ -43,21 +44,7 @@ Identity identify() {
     return id;
 }
 
-double cpu_seconds() {
-    timespec ts{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
-}
-
-// Spins for `wall_ms` of wall-clock time and returns the CPU time it got meanwhile.
-double burn(int wall_ms) {
-    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(wall_ms);
-    double start = cpu_seconds();
-    volatile uint64_t sink = 0;
-    while (std::chrono::steady_clock::now() < end)
-        for (int i = 0; i < 10000; ++i) sink = sink + static_cast<uint64_t>(i);
-    return cpu_seconds() - start;
-}
+using testing::burn;
 
 // Forks children that wait on a pipe until a fork is refused or `cap` succeeded; returns how many succeeded and
 // the errno of the refusal (0: none). The cap keeps a TasksMax= that does not hold from becoming a fork bomb.
@@ -147,14 +134,7 @@ TEST_F(Unprivileged, ACpuQuotaOfAFifthHoldsForTwoBusyWorkers) {
 }
 
 TEST_F(Unprivileged, AllocatingPastMemoryMaxKillsTheChild) {
-    TransientUnitProcess p(testing::memory_max_without_swap("64M"), [] {
-        std::vector<std::unique_ptr<char[]>> hog;
-        for (int i = 0; i < 1024; ++i) {
-            hog.emplace_back(new char[1 << 20]);
-            std::memset(hog.back().get(), 1, 1 << 20);
-        }
-        return hog.size();
-    });
+    TransientUnitProcess p(testing::memory_max_without_swap("64M"), [] { return testing::hog_memory(1024); });
     p.start();
     try {
         p.result();
