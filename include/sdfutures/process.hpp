@@ -15,6 +15,8 @@
 // the unit; join() first to wait for it. The unit never outlives the process: it is stopped and unloaded
 // by join() once the child has ended, and by systemd itself if the owner dies (the unit's main process
 // reads a pipe only the owner holds). Not thread-safe: one thread owns a TransientUnitProcess at a time.
+// The child's parent-death signal follows the thread that called start(): if that thread exits while the
+// child runs, the kernel kills the child. Start long-lived processes from a thread that outlives them.
 
 #include <sys/types.h>
 
