@@ -500,6 +500,7 @@ bool valid_dbus_text(std::string_view s) {
         }
         static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
         if (code < kMin[extra] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff)) return false;
+        if ((code >= 0xfdd0 && code <= 0xfdef) || (code & 0xfffe) == 0xfffe) return false;  // sd-bus refuses noncharacters
         i += extra + 1;
     }
     return true;
@@ -511,11 +512,18 @@ std::vector<DbusProperty> parse_property(std::string_view name, std::string_view
     if (!valid_dbus_text(name)) throw PropertyError("(invalid name)", "", "a property name in valid UTF-8 without NUL");
     if (!valid_dbus_text(value)) throw PropertyError(std::string(name), "(invalid text)", "valid UTF-8 without NUL bytes");
     auto it = table().find(name);
-    if (it == table().end())
-        throw UnsupportedProperty(std::string(name),
-                                  "sdfutures does not know this property; pass it with Properties::set_typed "
-                                  "as its D-Bus name and typed value");
-    return it->second(name, value);
+    if (it != table().end()) {
+        try {
+            return it->second(name, value);
+        } catch (const sdbus::Error& e) {
+            // sd-bus validates strings itself when a value is put into a Variant; whatever else it refuses is
+            // still the property's fault, not a library error.
+            throw PropertyError(std::string(name), "(text D-Bus refuses)", "text D-Bus can carry: " + e.getMessage());
+        }
+    }
+    throw UnsupportedProperty(std::string(name),
+                              "sdfutures does not know this property; pass it with Properties::set_typed "
+                              "as its D-Bus name and typed value");
 }
 
 Properties::Properties(std::initializer_list<std::pair<std::string, std::string>> assignments) {

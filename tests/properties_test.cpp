@@ -155,7 +155,8 @@ TEST(Properties, BadValuesNameThePropertyAndTheValue) {
 // Found by the property parser fuzzer: sdbus-c++'s own error escaped for invalid UTF-8, and a NUL cut the
 // value short silently.
 TEST(Properties, TextThatDbusCannotCarryIsAPropertyError) {
-    for (std::string value : {std::string("\xff"), std::string("ab\0c", 4), std::string("\xc3"), std::string("\xed\xa0\x80")}) {
+    for (std::string value : {std::string("\xff"), std::string("ab\0c", 4), std::string("\xc3"), std::string("\xed\xa0\x80"),
+                              std::string("\xef\xbf\xbf"), std::string("\xef\xb7\x90")}) {
         EXPECT_THROW(parse_property("Description", value), PropertyError);
         EXPECT_THROW(parse_property("Environment", "A=" + value), PropertyError);
     }

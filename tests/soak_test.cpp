@@ -29,7 +29,9 @@
 #endif
 #endif
 #ifdef SDFUTURES_SOAK_SANITIZED
-#include <sanitizer/allocator_interface.h>
+// Declared here rather than through <sanitizer/allocator_interface.h>, which GCC 12 does not ship; both GCC's and
+// clang's sanitizer runtimes define it.
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
 #endif
 
 namespace sdfutures {
