@@ -1,6 +1,7 @@
 #pragma once
 // Work the tests run inside units: CPU burners for quota checks and a memory hog for MemoryMax checks.
 
+#include <signal.h>
 #include <time.h>
 
 #include <chrono>
@@ -8,6 +9,10 @@
 #include <cstring>
 #include <memory>
 #include <vector>
+
+#include <gtest/gtest.h>
+
+#include "sdfutures/error.hpp"
 
 namespace sdfutures::testing {
 
@@ -35,6 +40,22 @@ inline std::size_t hog_memory(int mib) {
         std::memset(hog.back().get(), 1, 1 << 20);
     }
     return hog.size();
+}
+
+// Starts `process` (whose task hogs memory past its unit's MemoryMax=) and expects the OOM killer's SIGKILL,
+// named as such in result()'s error.
+template <class Process>
+void expect_killed_by_oom(Process& process) {
+    process.start();
+    try {
+        process.result();
+        ADD_FAILURE() << "the task allocated past MemoryMax= and survived";
+    } catch (const ProcessDied& e) {
+        EXPECT_EQ(e.exit_status(), -SIGKILL) << e.what();
+        EXPECT_NE(std::string(e.what()).find("SIGKILL"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("OOM"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(process.exit_status(), -SIGKILL);
 }
 
 }  // namespace sdfutures::testing
