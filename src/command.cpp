@@ -23,7 +23,6 @@
 #include <set>
 
 #include "bus_state.hpp"
-#include "bus_state.hpp"
 #include "fd_util.hpp"
 #include "sdfutures/unit.hpp"
 
@@ -41,7 +40,7 @@ constexpr const char* kServiceInterface = "org.freedesktop.systemd1.Service";
 constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 // Large enough that a 100 MiB stream takes ~100 wake-ups, not ~1600; best effort (pipe-max-size may forbid).
 constexpr int kPipeSize = 1 << 20;
-constexpr size_t kReadChunk = 256 * 1024;
+constexpr size_t kReadChunk = size_t{256} * 1024;
 // Bounds one wake-up's reading of one pipe, so a fast writer cannot keep the loop from the bus and the
 // other pipes.
 constexpr int kReadsPerWakeup = 16;
@@ -167,7 +166,8 @@ std::string resolve_program(const std::string& name, const Properties& propertie
     if (name.find('/') != std::string::npos)
         throw ProgramNotFound(name, "a relative path cannot be run in a unit (it does not share this process's "
                                     "working directory): give an absolute path");
-    const char* env = std::getenv("PATH");
+    // getenv races only with setenv/putenv, which sdfutures calls in forked children alone.
+    const char* env = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe)
     std::string path = env && *env ? env : kDefaultPath;
     size_t start = 0;
     while (start <= path.size()) {
@@ -176,7 +176,9 @@ std::string resolve_program(const std::string& name, const Properties& propertie
         std::string dir = path.substr(start, end - start);
         // Empty or relative $PATH entries mean this process's directory, which the unit does not share.
         if (!dir.empty() && dir.front() == '/') {
-            std::string candidate = dir + "/" + name;
+            std::string candidate = std::move(dir);
+            candidate += '/';
+            candidate += name;
             if (check(candidate).empty()) return candidate;
         }
         start = end + 1;
@@ -304,7 +306,7 @@ ProgramNotFound::ProgramNotFound(std::string program, const std::string& why)
 
 CommandStartFailed::CommandStartFailed(std::string unit, std::string job_result, std::string program,
                                        std::string unit_result, std::optional<int> exec_status)
-    : JobFailed(unit, "start", job_result), program_(std::move(program)), unit_result_(std::move(unit_result)),
+    : JobFailed(std::move(unit), "start", std::move(job_result)), program_(std::move(program)), unit_result_(std::move(unit_result)),
       exec_status_(exec_status) {
     message_ = "systemd could not start '" + program_ + "' in unit '" + this->unit() + "': the start job ended with '" +
                this->result() + "'";
@@ -350,7 +352,7 @@ Command& Command::properties(const Properties& properties) {
     return *this;
 }
 
-Command& Command::environment(std::string name, std::string value) {
+Command& Command::environment(const std::string& name, const std::string& value) {
     if (!valid_env_name(name))
         throw PropertyError("Environment", name + "=" + value, "a variable name of letters, digits and '_'");
     environment_.push_back(name + "=" + value);
@@ -473,7 +475,7 @@ struct CommandProcess::Impl {
         {
             std::unique_lock lock(control);
             if (finished) return;
-            requests.push_back(r);
+            requests.push_back(std::move(r));
             if (serving) {
                 uint64_t one = 1;
                 (void)::write(wake.get(), &one, sizeof one);
@@ -486,7 +488,7 @@ struct CommandProcess::Impl {
     }
 
     // Answers a request; under the control lock, so that a requester checking answered() cannot miss it.
-    void answer(Request& r, std::exception_ptr error = nullptr) {
+    void answer(Request& r, const std::exception_ptr& error = nullptr) {
         std::lock_guard lock(control);
         if (error) r.done.set_exception(error);
         else r.done.set_value();
@@ -883,7 +885,7 @@ CommandProcess Command::start() const {
                         ", which is not open (" + errno_text(errno) + ")");
 
     std::vector<DbusProperty> props;
-    auto add = [&](const char* name, sdbus::Variant value) { props.push_back(DbusProperty{name, std::move(value)}); };
+    auto add = [&](const char* name, sdbus::Variant value) { props.emplace_back(name, std::move(value)); };
     // Defaults first, so that the caller's own assignments of the same names win.
     if (!properties_.contains("Description")) add("Description", sdbus::Variant("sdfutures command: " + join_argv(argv_)));
     if (!properties_.contains("CPUAccounting")) add("CPUAccounting", sdbus::Variant(true));

@@ -127,7 +127,7 @@ public:
     // All of `properties`, in order, with the same checks.
     Command& properties(const Properties& properties);
     // Environment=: one variable for the program. Its value may hold any characters (it is not re-parsed).
-    Command& environment(std::string name, std::string value);
+    Command& environment(const std::string& name, const std::string& value);
     // WorkingDirectory=: an absolute path, or "~" for the home of the unit's user.
     Command& working_directory(std::string path);
     // The unit's name, ending in ".service". Default: "sdfutures-cmd-<pid>-<n>-<random>.service", new for
