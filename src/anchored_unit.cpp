@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 
+#include "bus_state.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 #include "sdfutures/system_info.hpp"
@@ -40,7 +41,7 @@ std::vector<DbusProperty> anchored_service_properties(const Properties& user, in
     // namespaces are final by the time a child copies them.
     extra.emplace_back("Type", sdbus::Variant(std::string("exec")));
     extra.emplace_back("ExecStart", sdbus::Variant(std::vector<Exec>{Exec{anchor_program(), {"cat"}, false}}));
-    extra.emplace_back("StandardInputFileDescriptor", sdbus::Variant(sdbus::UnixFd(anchor_read_fd)));
+    extra.emplace_back("StandardInputFileDescriptor", detail::fd_variant(anchor_read_fd, "the unit's anchor pipe"));
     extra.emplace_back("StandardOutput", sdbus::Variant(std::string("null")));
     extra.emplace_back("StandardError", sdbus::Variant(std::string("null")));
     extra.emplace_back("Delegate", sdbus::Variant(true));

@@ -1,5 +1,6 @@
 #include "sdfutures/bus.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -20,6 +21,19 @@ Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout) {
 
 void throw_systemd_error(const std::string& call, const sdbus::Error& e) {
     throw SystemdError(call, e.getName(), e.getMessage());
+}
+
+sdbus::Variant fd_variant(int fd, const std::string& what) {
+    auto refused = [&](const std::string& why) {
+        return Error(what + ": descriptor " + std::to_string(fd) + " cannot be passed to systemd (" + why + ")");
+    };
+    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    if (copy < 0) throw refused(errno_text(errno));
+    try {
+        return sdbus::Variant(sdbus::UnixFd(copy, sdbus::adopt_fd));
+    } catch (const sdbus::Error& e) {  // sd-bus's own copy of it failed (EMFILE, most likely)
+        throw refused(e.getMessage());
+    }
 }
 
 void BusState::check_owner() const {

@@ -68,6 +68,12 @@ private:
     bool owned_;
 };
 
+// A descriptor as a D-Bus value (type "h"), for the *FileDescriptor properties of a transient unit. Every copy is
+// close-on-exec: sdbus::UnixFd(int) would dup() without O_CLOEXEC, so a concurrent fork+exec elsewhere in the
+// program could inherit it; this adopts a CLOEXEC duplicate, and sd-bus's own copy uses F_DUPFD_CLOEXEC. Throws
+// sdfutures::Error naming `what` when a copy cannot be made (the descriptor limit, say).
+sdbus::Variant fd_variant(int fd, const std::string& what);
+
 // Runs a D-Bus call, translating sdbus::Error into SystemdError naming the call.
 template <class F>
 auto translate_errors(const std::string& call, F&& f) -> decltype(f());

@@ -28,6 +28,7 @@
 
 namespace sdfutures {
 
+using detail::fd_variant;
 using detail::kManagerInterface;
 using detail::kPropertiesInterface;
 using detail::kSystemdService;
@@ -68,14 +69,6 @@ void set_nonblocking(int fd) {
     int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         throw Error("cannot make a pipe non-blocking: " + errno_text(errno));
-}
-
-// The descriptor as systemd will receive it. sdbus::UnixFd(int) would dup() without O_CLOEXEC; adopting a
-// CLOEXEC duplicate and letting sd-bus copy it (it uses F_DUPFD_CLOEXEC) keeps every copy close-on-exec.
-sdbus::Variant fd_variant(int fd, const char* what) {
-    int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
-    if (copy < 0) throw Error(std::string(what) + ": descriptor " + std::to_string(fd) + " cannot be passed (" + errno_text(errno) + ")");
-    return sdbus::Variant(sdbus::UnixFd(copy, sdbus::adopt_fd));
 }
 
 // write(2) to a pipe whose reader may be gone, without SIGPIPE killing this process: the signal is blocked

@@ -4,20 +4,24 @@
 
 namespace sdfutures::detail {
 
-bool send_with_fd(int socket, const void* data, size_t size, int fd) noexcept {
+bool send_with_fds(int socket, const void* data, size_t size, std::span<const int> fds) noexcept {
+    if (fds.size() > kMaxPassedFds) {
+        errno = EINVAL;
+        return false;
+    }
     iovec iov{const_cast<void*>(data), size};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    if (fd >= 0) {
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxPassedFds)] = {};
+    if (!fds.empty()) {
         msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
         cmsghdr* c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+        c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
     for (;;) {
         ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
@@ -26,21 +30,32 @@ bool send_with_fd(int socket, const void* data, size_t size, int fd) noexcept {
     }
 }
 
-ssize_t receive_with_fd(int socket, void* data, size_t size, int& fd) noexcept {
-    fd = -1;
+ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds, bool* dropped) noexcept {
+    for (auto& fd : fds) fd.reset();
     iovec iov{data, size};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    // Room for more than the sender may send, so that a surplus is received (and closed) rather than
+    // truncated away by the kernel.
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * (kMaxPassedFds + 2))] = {};
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n;
     do n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    if (n > 0) {
-        for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    if (n < 0) return n;
+    if (dropped) *dropped = (msg.msg_flags & MSG_CTRUNC) != 0;
+    std::size_t next = 0;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < count; ++i) {
+            int fd = -1;
+            std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (next < fds.size()) fds[next++] = Fd(fd);
+            else ::close(fd);
+        }
     }
     return n;
 }

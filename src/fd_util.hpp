@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <span>
 #include <string>
 #include <utility>
 
@@ -36,10 +38,14 @@ private:
     int fd_ = -1;
 };
 
-// Sends `data` and, optionally, one descriptor over a unix socket.
-bool send_with_fd(int socket, const void* data, size_t size, int fd) noexcept;
-// Receives one message and at most one descriptor; returns the byte count (0 at end of stream, -1 on error).
-ssize_t receive_with_fd(int socket, void* data, size_t size, int& fd) noexcept;
+// Sends `data` and the descriptors in `fds` (at most kMaxPassedFds) over a unix socket.
+inline constexpr std::size_t kMaxPassedFds = 2;
+bool send_with_fds(int socket, const void* data, size_t size, std::span<const int> fds = {}) noexcept;
+// Receives one message into `data`; the descriptors that came with it fill `fds` in order (owned, close-on-exec),
+// and any beyond fds.size() are closed. Returns the byte count (0 at end of stream, -1 on error). `dropped`, when
+// given, tells whether the kernel dropped descriptors sent with the message (MSG_CTRUNC), which it does when
+// this process cannot take them: at its descriptor limit, say.
+ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds = {}, bool* dropped = nullptr) noexcept;
 
 // write(2) until done or an error other than EINTR; false on error.
 bool write_all(int fd, const void* data, size_t size) noexcept;

@@ -149,7 +149,7 @@ bool write_all_vectored(int fd, iovec (&parts)[2]) {
             if (pid <= 0) return;
             workers.erase(pid);
             ForkServerEvent e{ForkServerEvent::exited, pid, status};
-            send_with_fd(kControlFd, &e, sizeof e, -1);
+            send_with_fds(kControlFd, &e, sizeof e);
         }
     };
     for (;;) {
@@ -166,15 +166,13 @@ bool write_all_vectored(int fd, iovec (&parts)[2]) {
         }
         if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             ForkServerRequest request{};
-            int unused_fd = -1;
-            ssize_t n = receive_with_fd(kControlFd, &request, sizeof request, unused_fd);
-            if (unused_fd >= 0) ::close(unused_fd);
+            ssize_t n = receive_with_fds(kControlFd, &request, sizeof request);
             if (n <= 0) break;
             for (uint32_t i = 0; i < request.spawn_count; ++i) {
                 int pair[2];
                 if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
                     ForkServerEvent e{ForkServerEvent::spawn_failed, 0, errno};
-                    send_with_fd(kControlFd, &e, sizeof e, -1);
+                    send_with_fds(kControlFd, &e, sizeof e);
                     continue;
                 }
                 pid_t pid = ::fork();
@@ -185,13 +183,27 @@ bool write_all_vectored(int fd, iovec (&parts)[2]) {
                     worker_main(pair[1], self, config);
                 }
                 ::close(pair[1]);
-                if (pid < 0) {
+                // The pidfd is opened here, by the worker's parent, before this loop can reap it: the pid cannot
+                // have been reused yet. The owner, not the worker's parent, could not promise that.
+                int pidfd = -1;
+                if (pid > 0) {
+                    pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+                    if (pidfd < 0) {
+                        int err = errno;
+                        ::kill(pid, SIGKILL);  // its own child, not reaped yet: the pid is still the worker's
+                        workers.insert(pid);   // reaped (and reported as exited) like any other
+                        errno = err;
+                    }
+                }
+                if (pid < 0 || pidfd < 0) {
                     ForkServerEvent e{ForkServerEvent::spawn_failed, 0, errno};
-                    send_with_fd(kControlFd, &e, sizeof e, -1);
+                    send_with_fds(kControlFd, &e, sizeof e);
                 } else {
                     workers.insert(pid);
                     ForkServerEvent e{ForkServerEvent::spawned, pid, 0};
-                    send_with_fd(kControlFd, &e, sizeof e, pair[0]);
+                    const int passed[] = {pair[0], pidfd};
+                    send_with_fds(kControlFd, &e, sizeof e, passed);
+                    ::close(pidfd);
                 }
                 ::close(pair[0]);
             }

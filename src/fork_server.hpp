@@ -31,7 +31,8 @@ struct WorkerConfig {
 };
 
 // Forks the fork server. Returns its pid and sets `control` to the owner's end of the control socket. The
-// worker's socket arrives with each `spawned` event as an SCM_RIGHTS descriptor.
+// worker's socket and a pidfd of the worker (opened by its parent, so never of a reused pid) arrive with each
+// `spawned` event as SCM_RIGHTS descriptors, in that order.
 pid_t start_fork_server(const WorkerConfig& config, Fd& control);
 
 // A worker's task message: [invoker, function, arguments].

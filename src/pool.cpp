@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -17,6 +18,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include "anchored_unit.hpp"
@@ -130,7 +132,9 @@ struct PoolCore::Impl {
     void read_worker(Worker& w);
     void flush_worker(Worker& w);
     void handle_server_events();
-    void handle_spawned(pid_t pid, int socket_fd);
+    // A worker from a `spawned` event and the descriptors that came with it; throws Error when they did not.
+    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped);
+    void handle_spawned(std::unique_ptr<Worker> worker);
     void finalize_dead_workers();
     void break_pool(const std::exception_ptr& error);
     bool unit_stopped();
@@ -153,11 +157,11 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     require_support(*bus, properties);
 
     int anchor_pipe[2];
-    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("pipe: " + errno_text(errno));
+    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
     anchor = Fd(anchor_pipe[1]);
     Fd anchor_read(anchor_pipe[0]);
     wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake) throw Error("eventfd: " + errno_text(errno));
+    if (!wake) throw Error("cannot create the dispatcher's wake-up eventfd: " + errno_text(errno));
 
     Manager manager(*bus);
     PendingJob job = manager.start_transient_unit_async(
@@ -194,7 +198,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
 void PoolCore::Impl::request_spawn(std::size_t n) {
     if (n == 0) return;
     ForkServerRequest request{static_cast<uint32_t>(n)};
-    if (!send_with_fd(control.get(), &request, sizeof request, -1))
+    if (!send_with_fds(control.get(), &request, sizeof request))
         throw Error("the pool's fork server does not answer: " + errno_text(errno));
     spawning += n;
 }
@@ -202,20 +206,15 @@ void PoolCore::Impl::request_spawn(std::size_t n) {
 void PoolCore::Impl::spawn_initial_workers() {
     while (spawning > 0) {
         ForkServerEvent event{};
-        int fd = -1;
-        ssize_t n = receive_with_fd(control.get(), &event, sizeof event, fd);
+        Fd passed[2];
+        bool dropped = false;
+        ssize_t n = receive_with_fds(control.get(), &event, sizeof event, passed, &dropped);
         if (n <= 0) throw Error("the pool's fork server ended while forking workers");
         if (event.kind == ForkServerEvent::spawned) {
             --spawning;
-            auto w = std::make_unique<Worker>(limits);
-            w->pid = event.pid;
-            w->socket = Fd(fd);
-            w->pidfd = Fd(static_cast<int>(::syscall(SYS_pidfd_open, event.pid, 0)));
-            workers.push_back(std::move(w));
+            workers.push_back(new_worker(event.pid, passed, dropped));
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             throw Error("the pool's fork server could not fork a worker: " + errno_text(event.value));
-        } else if (fd >= 0) {
-            ::close(fd);
         }
     }
 }
@@ -324,13 +323,27 @@ void PoolCore::Impl::break_pool(const std::exception_ptr& error) {
     }
 }
 
-void PoolCore::Impl::handle_spawned(pid_t pid, int socket_fd) {
+std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped) {
+    if (!passed[0] || !passed[1]) {
+        // The worker itself ends: its socket's other end is gone with the message.
+        rlimit limit{};
+        ::getrlimit(RLIMIT_NOFILE, &limit);
+        throw Error("worker " + std::to_string(pid) + "'s socket and pidfd did not reach the pool's owner" +
+                    (dropped ? " (the kernel dropped them, as it does for a receiver at its descriptor limit: "
+                               "Too many open files, RLIMIT_NOFILE " + std::to_string(limit.rlim_cur) + ")"
+                             : ""));
+    }
     auto w = std::make_unique<Worker>(limits);
     w->pid = pid;
-    w->socket = Fd(socket_fd);
-    w->pidfd = Fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-    Worker& ref = *w;
-    workers.push_back(std::move(w));
+    w->socket = std::move(passed[0]);
+    w->pidfd = std::move(passed[1]);
+    return w;
+}
+
+void PoolCore::Impl::handle_spawned(std::unique_ptr<Worker> worker) {
+    const pid_t pid = worker->pid;
+    workers.push_back(std::move(worker));
+    Worker& ref = *workers.back();
     bool is_broken;
     {
         std::lock_guard lock(mutex);
@@ -356,10 +369,11 @@ void PoolCore::Impl::handle_spawned(pid_t pid, int socket_fd) {
 void PoolCore::Impl::handle_server_events() {
     for (;;) {
         ForkServerEvent event{};
-        int fd = -1;
+        Fd passed[2];
+        bool dropped = false;
         ssize_t n = ::recv(control.get(), nullptr, 0, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        n = receive_with_fd(control.get(), &event, sizeof event, fd);
+        n = receive_with_fds(control.get(), &event, sizeof event, passed, &dropped);
         if (n <= 0) {
             server_alive = false;
             spawning = 0;
@@ -370,7 +384,14 @@ void PoolCore::Impl::handle_server_events() {
         }
         if (event.kind == ForkServerEvent::spawned) {
             --spawning;
-            handle_spawned(event.pid, fd);
+            std::unique_ptr<Worker> worker;
+            try {
+                worker = new_worker(event.pid, passed, dropped);
+            } catch (const Error&) {
+                break_pool(std::current_exception());
+                continue;
+            }
+            handle_spawned(std::move(worker));
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             --spawning;
             break_pool(std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
@@ -383,7 +404,6 @@ void PoolCore::Impl::handle_server_events() {
                 w->eof = true;
             }
         }
-        if (fd >= 0 && event.kind != ForkServerEvent::spawned) ::close(fd);
     }
 }
 

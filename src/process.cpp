@@ -201,14 +201,14 @@ void ProcessCore::start(const Body& body) {
     Manager manager(*bus_);
 
     int reply_pipe[2], release_pipe[2], anchor_pipe[2];
-    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw Error("pipe: " + errno_text(errno));
+    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw Error("cannot create the child's reply pipe: " + errno_text(errno));
     if (::pipe2(release_pipe, O_CLOEXEC) != 0) {
         ::close(reply_pipe[0]), ::close(reply_pipe[1]);
-        throw Error("pipe: " + errno_text(errno));
+        throw Error("cannot create the child's release pipe: " + errno_text(errno));
     }
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) {
         for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1]}) ::close(fd);
-        throw Error("pipe: " + errno_text(errno));
+        throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
     }
     reply_fd_ = reply_pipe[0];
     anchor_fd_ = anchor_pipe[1];
@@ -267,7 +267,10 @@ void ProcessCore::start(const Body& body) {
     state_ = State::running;
     ::close(reply_pipe[1]);
     ::close(release_pipe[0]);
+    // Opened before anything can reap the child, so it is the child's; join() polls it and terminate() and
+    // kill() signal through it.
     pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
+    const int pidfd_error = errno;
     ::fcntl(reply_fd_, F_SETFL, O_NONBLOCK);
 
     auto abort_start = [&] {
@@ -275,6 +278,7 @@ void ProcessCore::start(const Body& body) {
         abandon_child();
     };
     try {
+        if (pidfd_ < 0) throw Error("pidfd_open of the child " + std::to_string(child) + ": " + errno_text(pidfd_error));
         job->wait();
         uint32_t main_pid = verified_main_pid(*unit_);
         manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(child)});
@@ -306,7 +310,9 @@ void ProcessCore::start(const Body& body) {
 
 void ProcessCore::abandon_child() noexcept {
     if (state_ == State::running) {
+        // Without a pidfd (pidfd_open failed) the pid is still safe to signal: only this object reaps it.
         if (pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
+        else ::kill(pid_, SIGKILL);
         int status = 0;
         while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
         }

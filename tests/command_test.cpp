@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "support/descriptor_exhaustion.hpp"
 #include "support/manager_environment.hpp"
 
 namespace sdfutures {
@@ -159,6 +160,18 @@ TEST_F(CommandTest, EmptyInputIsEndOfFileAtOnce) {
     auto r = Command({"/usr/bin/wc", "-c"}).stdin_from("").capture_stdout().run(30s);
     EXPECT_EQ(r.exit_code, 0);
     EXPECT_EQ(r.captured_stdout, "0\n");
+}
+
+// A command with its input fed and its output captured takes descriptors for the bus, three pipes, and the
+// copies passed to systemd; running out at any of them is an sdfutures::Error and leaves nothing behind.
+TEST_F(CommandTest, RunningOutOfDescriptorsAtAnyStepFailsCleanly) {
+    auto sweep = testing::sweep_descriptor_exhaustion(manager(), 32, [] {
+        auto r = Command({"/bin/cat"}).stdin_from("in").capture_stdout().capture_stderr().run(30s);
+        EXPECT_EQ(r.captured_stdout, "in");
+    });
+    EXPECT_GE(sweep.failed, 6) << "a command needs more than six new descriptors; the sweep did not reach its steps";
+    EXPECT_GE(sweep.succeeded, 1) << "no command could run even with 31 descriptors to spare";
+    for (const auto& e : sweep.errors) EXPECT_NE(e.find("Too many open files"), std::string::npos) << e;
 }
 
 TEST_F(CommandTest, StdoutAndStderrAreCapturedApartOrTogether) {

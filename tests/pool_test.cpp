@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/descriptor_exhaustion.hpp"
 #include "support/manager_environment.hpp"
 #include "support/workloads.hpp"
 #include "support/owner.hpp"
@@ -270,6 +271,19 @@ TEST_F(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
     } catch (const std::out_of_range& e) {
         EXPECT_STREQ(e.what(), "index 9");
     }
+}
+
+// Constructing a pool takes descriptors for the bus, the anchor pipe, the fork server's control socket, and a
+// socket and pidfd per worker (passed from the fork server). Running out at any of them is an sdfutures::Error
+// from the constructor, and leaves no unit, worker, fork server or descriptor behind.
+TEST_F(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
+    auto sweep = testing::sweep_descriptor_exhaustion(manager(), 32, [] {
+        TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+        EXPECT_EQ(pool.submit(square, 9).get(), 81);
+    });
+    EXPECT_GE(sweep.failed, 6) << "a pool needs more than six new descriptors; the sweep did not reach its steps";
+    EXPECT_GE(sweep.succeeded, 1) << "no pool could be built even with 31 descriptors to spare";
+    for (const auto& e : sweep.errors) EXPECT_NE(e.find("Too many open files"), std::string::npos) << e;
 }
 
 TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {

@@ -22,6 +22,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/descriptor_exhaustion.hpp"
 #include "support/manager_environment.hpp"
 #include "support/workloads.hpp"
 #include "support/owner.hpp"
@@ -376,6 +377,27 @@ TEST_F(ProcessTest, DestroyingARunningProcessKillsItAndStopsItsUnit) {
     }
     EXPECT_FALSE(manager().unit_loaded(name));
     EXPECT_NE(kill(pid, 0), 0);
+}
+
+// Every descriptor run() takes (the bus connection, the unit's anchor pipe, the child's pipes, its pidfd) can be
+// the one that fails: each such failure is an sdfutures::Error, never a child started()'s caller cannot watch,
+// and it leaves no unit, process, child or descriptor behind.
+TEST_F(ProcessTest, RunningOutOfDescriptorsAtAnyStepFailsCleanly) {
+    auto sweep = testing::sweep_descriptor_exhaustion(manager(), 24, [] { EXPECT_EQ(run({}, [] { return 7; }), 7); });
+    EXPECT_GE(sweep.failed, 4) << "run() needs more than four new descriptors; the sweep did not reach its steps";
+    EXPECT_GE(sweep.succeeded, 1) << "run() never worked, even with 23 descriptors to spare";
+    for (const auto& e : sweep.errors) EXPECT_NE(e.find("Too many open files"), std::string::npos) << e;
+
+    // The same with a bus opened beforehand, so that the sweep lands on the process's own descriptors.
+    ProcessOptions options;
+    options.bus = bus();
+    sweep = testing::sweep_descriptor_exhaustion(manager(), 16, [&] {
+        TransientUnitProcess p({}, options, [] { return 8; });
+        p.start();
+        EXPECT_EQ(p.result(), 8);
+    });
+    EXPECT_GE(sweep.failed, 3);
+    EXPECT_GE(sweep.succeeded, 1);
 }
 
 TEST_F(ProcessTest, CallsOutOfOrderAreStateErrors) {

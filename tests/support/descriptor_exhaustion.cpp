@@ -1,0 +1,74 @@
+#include "support/descriptor_exhaustion.hpp"
+
+#include <dirent.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+
+#include <gtest/gtest.h>
+
+#include "support/manager_environment.hpp"
+
+namespace sdfutures::testing {
+namespace {
+
+// The soft limit at which exactly `allowed` more descriptors can be opened: a new descriptor takes the lowest
+// free number, and the limit bounds that number, so the answer is the allowed-th free number (there may be
+// free numbers below open ones, and open ones above any limit chosen here, which stay usable).
+rlim_t limit_allowing(int allowed) {
+    std::set<int> open;
+    if (DIR* dir = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(dir))
+            if (e->d_name[0] != '.') open.insert(std::atoi(e->d_name));
+        closedir(dir);  // its own descriptor was the lowest free one while open, and is free again now
+    }
+    int free_seen = 0;
+    for (int fd = 0;; ++fd) {
+        if (open.count(fd) != 0) continue;
+        if (free_seen++ == allowed) return static_cast<rlim_t>(fd);
+    }
+}
+
+class SoftDescriptorLimit {
+public:
+    explicit SoftDescriptorLimit(rlim_t soft) {
+        getrlimit(RLIMIT_NOFILE, &saved_);
+        rlimit lowered = saved_;
+        lowered.rlim_cur = soft;
+        setrlimit(RLIMIT_NOFILE, &lowered);
+    }
+    ~SoftDescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
+    SoftDescriptorLimit(const SoftDescriptorLimit&) = delete;
+    SoftDescriptorLimit& operator=(const SoftDescriptorLimit&) = delete;
+
+private:
+    rlimit saved_{};
+};
+
+}  // namespace
+
+ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const std::function<void()>& attempt) {
+    ExhaustionSweep sweep;
+    for (int step = 0; step < steps; ++step) {
+        const auto before = ProcessSnapshot::take(manager);
+        const rlim_t limit = limit_allowing(step);
+        try {
+            SoftDescriptorLimit lowered(limit);
+            attempt();
+            ++sweep.succeeded;
+        } catch (const Error& e) {
+            ++sweep.failed;
+            sweep.errors.push_back("limit " + std::to_string(limit) + ": " + e.what());
+        } catch (const std::exception& e) {
+            ADD_FAILURE() << "with RLIMIT_NOFILE " << limit << ", an exception that is not an sdfutures::Error: "
+                          << e.what();
+        }
+        for (const auto& leak : find_leaks(manager, before))
+            ADD_FAILURE() << "with RLIMIT_NOFILE " << limit << ": " << leak.message;
+    }
+    return sweep;
+}
+
+}  // namespace sdfutures::testing

@@ -1,0 +1,25 @@
+#pragma once
+// Running out of file descriptors at each step of an operation in turn: the operation must either work or
+// throw an sdfutures::Error, and leave nothing behind either way.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "sdfutures/manager.hpp"
+
+namespace sdfutures::testing {
+
+struct ExhaustionSweep {
+    int failed = 0;     // attempts that threw sdfutures::Error
+    int succeeded = 0;  // attempts that worked
+    std::vector<std::string> errors;  // "limit N: what()", one per failed attempt
+};
+
+// Runs `attempt` `steps` times, the n-th time (from 0) with the soft RLIMIT_NOFILE set so that only n more
+// descriptors can be opened (the first time, the very first descriptor the attempt asks for fails with EMFILE),
+// and restores the limit after each. After each attempt it adds a test failure naming the limit for anything the
+// attempt left behind (the leak audit) and for any exception that is not an sdfutures::Error.
+ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const std::function<void()>& attempt);
+
+}  // namespace sdfutures::testing
