@@ -24,6 +24,7 @@
 
 #include "bus_state.hpp"
 #include "fd_util.hpp"
+#include "sdfutures/system_info.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures {
@@ -894,6 +895,11 @@ CommandProcess Command::start() const {
 
     Bus bus = bus_ ? *bus_ : Bus::automatic();
     check_identity_properties(bus, properties_);
+    // What the manager and the cgroup layout must offer: Type=exec, and whatever the caller's properties need
+    // (MemoryHigh= on a v1 memory controller would be accepted and do nothing).
+    const SystemInfo info = system_info(bus);
+    require(Requirement::exec_service_type, info);
+    require_properties(properties_, info);
 
     auto impl = std::make_unique<CommandProcess::Impl>(bus);
     impl->unit = unit_name_ ? *unit_name_ : generate_unit_name();

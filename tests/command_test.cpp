@@ -517,6 +517,26 @@ TEST_F(CommandTest, PropertiesCommandSetsItselfAreRefusedWithWhatToUse) {
     EXPECT_THROW(command.stdout_to_fd(9999).start(), Error);  // not an open descriptor
 }
 
+// systemd accepts MemoryHigh= on a v1 memory controller and does nothing with it; Command says so instead, as
+// TransientUnitProcess and the pool do. Where the requirement is met, the same command runs.
+TEST_F(CommandTest, APropertyThisMachineCannotHonourIsRefusedBeforeAnythingStarts) {
+    const auto unmet = unmet_requirement(Requirement::unified_memory, system_info(bus()), "MemoryHigh=");
+    auto name = unique_unit_name();
+    Command command({"/bin/true"});
+    command.property("MemoryHigh", "32M").unit_name(name);
+    if (unmet) {
+        try {
+            command.start();
+            FAIL() << "started although " << *unmet;
+        } catch (const Unsupported& e) {
+            EXPECT_EQ(e.what(), *unmet);
+        }
+        EXPECT_FALSE(manager().unit_loaded(name));
+    } else {
+        EXPECT_EQ(command.run(30s).exit_code, 0);
+    }
+}
+
 TEST_F(CommandTest, APropertySystemdRefusesFailsStartWithItsError) {
     auto name = unique_unit_name();
     try {
