@@ -286,6 +286,34 @@ TEST_F(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
     for (const auto& e : sweep.errors) EXPECT_NE(e.find("Too many open files"), std::string::npos) << e;
 }
 
+// A replacement worker forked while the owner has no descriptor to spare: its socket and pidfd cannot reach the
+// owner, and the pool breaks with an error that says so, rather than waiting for a worker it cannot have.
+TEST_F(PoolTest, AReplacementWorkerTheOwnerCannotTakeBreaksThePoolWithANamedError) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1, .max_tasks_per_child = 1});
+    // The first worker retires after one task and its replacement is forked at once; wait until the owner has
+    // taken that one on, so that the worker starved below is the next.
+    const pid_t retired = pool.submit(own_pid).get();
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (pool.worker_pids().empty() || pool.worker_pids().front() == retired) {
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no replacement for worker " << retired;
+        std::this_thread::sleep_for(1ms);
+    }
+    std::future<int> first, second;
+    {
+        testing::SoftDescriptorLimit lowered(testing::limit_allowing(0));
+        first = pool.submit(square, 3);
+        second = pool.submit(square, 4);
+        EXPECT_EQ(first.get(), 9);
+        try {
+            second.get();
+            ADD_FAILURE() << "a task ran although no worker could be taken on";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("did not reach the pool's owner"), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_THROW(pool.submit(square, 6).get(), Error);  // broken for good, and saying so
+}
+
 TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
     auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, "pool");
     ASSERT_EQ(owner.workers.size(), 2u) << owner.unit;

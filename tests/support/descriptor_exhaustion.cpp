@@ -12,7 +12,6 @@
 #include "support/manager_environment.hpp"
 
 namespace sdfutures::testing {
-namespace {
 
 // The soft limit at which exactly `allowed` more descriptors can be opened: a new descriptor takes the lowest
 // free number, and the limit bounds that number, so the answer is the allowed-th free number (there may be
@@ -22,7 +21,8 @@ rlim_t limit_allowing(int allowed) {
     if (DIR* dir = opendir("/proc/self/fd")) {
         while (dirent* e = readdir(dir))
             if (e->d_name[0] != '.') open.insert(std::atoi(e->d_name));
-        closedir(dir);  // its own descriptor was the lowest free one while open, and is free again now
+        open.erase(dirfd(dir));  // the listing's own descriptor, free again once it is closed
+        closedir(dir);
     }
     int free_seen = 0;
     for (int fd = 0;; ++fd) {
@@ -31,23 +31,14 @@ rlim_t limit_allowing(int allowed) {
     }
 }
 
-class SoftDescriptorLimit {
-public:
-    explicit SoftDescriptorLimit(rlim_t soft) {
-        getrlimit(RLIMIT_NOFILE, &saved_);
-        rlimit lowered = saved_;
-        lowered.rlim_cur = soft;
-        setrlimit(RLIMIT_NOFILE, &lowered);
-    }
-    ~SoftDescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
-    SoftDescriptorLimit(const SoftDescriptorLimit&) = delete;
-    SoftDescriptorLimit& operator=(const SoftDescriptorLimit&) = delete;
+SoftDescriptorLimit::SoftDescriptorLimit(rlim_t soft) {
+    getrlimit(RLIMIT_NOFILE, &saved_);
+    rlimit lowered = saved_;
+    lowered.rlim_cur = soft;
+    setrlimit(RLIMIT_NOFILE, &lowered);
+}
 
-private:
-    rlimit saved_{};
-};
-
-}  // namespace
+SoftDescriptorLimit::~SoftDescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
 
 ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const std::function<void()>& attempt) {
     ExhaustionSweep sweep;

@@ -2,6 +2,8 @@
 // Running out of file descriptors at each step of an operation in turn: the operation must either work or
 // throw an sdfutures::Error, and leave nothing behind either way.
 
+#include <sys/resource.h>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -9,6 +11,21 @@
 #include "sdfutures/manager.hpp"
 
 namespace sdfutures::testing {
+
+// The soft RLIMIT_NOFILE at which exactly `allowed` more descriptors can be opened.
+rlim_t limit_allowing(int allowed);
+
+// Lowers the soft RLIMIT_NOFILE for its lifetime.
+class SoftDescriptorLimit {
+public:
+    explicit SoftDescriptorLimit(rlim_t soft);
+    ~SoftDescriptorLimit();
+    SoftDescriptorLimit(const SoftDescriptorLimit&) = delete;
+    SoftDescriptorLimit& operator=(const SoftDescriptorLimit&) = delete;
+
+private:
+    rlimit saved_{};
+};
 
 struct ExhaustionSweep {
     int failed = 0;     // attempts that threw sdfutures::Error
