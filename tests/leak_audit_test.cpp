@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 
 namespace sdfutures {
 namespace {
@@ -33,36 +34,15 @@ const Leak* finding(const std::vector<Leak>& leaks, Leak::Kind kind, const std::
     return it == leaks.end() ? nullptr : &*it;
 }
 
-Properties sleeping_service() {
-    Properties p;
-    p.set("Type", "exec").set("ExecStart", "/bin/sleep infinity").set("CollectMode", "inactive-or-failed");
-    p.set("Delegate", "yes");
-    return p;
-}
-
-// A forked child that waits to be killed; the guard kills and reaps it if the test ends early.
-struct PausedChild {
-    pid_t pid = ::fork();
-    PausedChild() {
-        if (pid == 0) {
-            for (;;) ::pause();
-        }
-    }
-    ~PausedChild() { reap(); }
-    void reap() {
-        if (pid <= 0) return;
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, nullptr, 0);
-        pid = -1;
-    }
-};
+using testing::PausedChild;
+using testing::sleeping_service;
 
 class LeakAuditTest : public SystemdTest {};
 
 TEST_F(LeakAuditTest, AUnitLeftRunningIsNamedWithItsProcessAndCgroupDirectories) {
     auto before = testing::ProcessSnapshot::take(manager());
     std::string name = testing::unique_unit_name();
-    Unit unit = manager().start_transient_unit(name, sleeping_service());
+    Unit unit = manager().start_transient_unit(name, sleeping_service().set("Delegate", "yes"));
     auto main_pid = std::to_string(unit.main_pid());
     std::string cgroup = unit.control_group();
 
@@ -85,18 +65,18 @@ TEST_F(LeakAuditTest, AUnitLeftRunningIsNamedWithItsProcessAndCgroupDirectories)
 TEST_F(LeakAuditTest, AProcessAttachedToAUnitIsNamedAsOneOfTheManagersAndAsOurRunningChild) {
     auto before = testing::ProcessSnapshot::take(manager());
     std::string name = testing::unique_unit_name();
-    manager().start_transient_unit(name, sleeping_service());
+    manager().start_transient_unit(name, sleeping_service().set("Delegate", "yes"));
     PausedChild child;
-    ASSERT_GT(child.pid, 0);
-    manager().attach_processes_to_unit(name, "/", {static_cast<uint32_t>(child.pid)});
+    ASSERT_GT(child.pid(), 0);
+    manager().attach_processes_to_unit(name, "/", {child.upid()});
 
     auto leaks = testing::find_leaks(manager(), before);
-    const Leak* process_leak = finding(leaks, Leak::Kind::process, std::to_string(child.pid));
+    const Leak* process_leak = finding(leaks, Leak::Kind::process, std::to_string(child.pid()));
     ASSERT_NE(process_leak, nullptr) << describe(leaks);
     EXPECT_NE(process_leak->message.find(name), std::string::npos) << process_leak->message;
-    EXPECT_NE(finding(leaks, Leak::Kind::child, std::to_string(child.pid)), nullptr) << describe(leaks);
+    EXPECT_NE(finding(leaks, Leak::Kind::child, std::to_string(child.pid())), nullptr) << describe(leaks);
 
-    child.reap();
+    child.kill_and_reap();
     manager().stop_unit(name);
     ASSERT_TRUE(manager().wait_unit_gone(name, 10s));
     EXPECT_TRUE(testing::find_leaks(manager(), before).empty()) << describe(testing::find_leaks(manager(), before));

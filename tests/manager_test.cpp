@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 
 namespace sdfutures {
 namespace {
@@ -13,43 +14,13 @@ namespace {
 using testing::SystemdTest;
 using testing::unique_unit_name;
 
-Properties long_running(const std::string& extra_description = "") {
-    Properties p;
-    // Type=exec: the start job ends only once the main process has exec'd sleep, so its command line is real.
-    p.set("Type", "exec")
-        .set("ExecStart", "/bin/sleep infinity")
-        .set("CollectMode", "inactive-or-failed")
-        .set("Description", "sdfutures test " + extra_description);
+Properties long_running(const std::string& description) {
+    Properties p = testing::sleeping_service();
+    p.set("Description", "sdfutures test " + description);
     return p;
 }
 
-// A forked child that waits to be killed. The test reaps it; if an assertion fails first, the guard kills
-// and reaps it so that no test leaves a process behind.
-class Sleeper {
-public:
-    Sleeper() : pid_(fork()) {
-        if (pid_ == 0) {
-            for (;;) pause();
-        }
-    }
-    ~Sleeper() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            waitpid(pid_, nullptr, 0);
-        }
-    }
-    pid_t pid() const { return pid_; }
-    uint32_t upid() const { return static_cast<uint32_t>(pid_); }
-    int reap() {
-        int status = 0;
-        waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return status;
-    }
-
-private:
-    pid_t pid_;
-};
+using Sleeper = testing::PausedChild;
 
 TEST(UnitPaths, EncodeAndDecodeAsSystemdDoes) {
     EXPECT_EQ(unit_object_path("run-u7.service"), "/org/freedesktop/systemd1/unit/run_2du7_2eservice");
@@ -124,7 +95,7 @@ TEST_F(ManagerTest, AttachProcessesMovesAForkedChildAndStopKillsIt) {
     EXPECT_EQ(unit.processes().size(), 2u);
 
     manager().stop_unit(name);
-    int status = child.reap();
+    int status = child.wait();
     EXPECT_TRUE(WIFSIGNALED(status));
     EXPECT_EQ(WTERMSIG(status), SIGTERM);
     EXPECT_TRUE(manager().wait_unit_gone(name, std::chrono::seconds(5)));
@@ -138,7 +109,7 @@ TEST_F(ManagerTest, KillUnitSignalsEveryProcess) {
     Sleeper child;
     manager().attach_processes_to_unit(name, "/", {child.upid()});
     manager().kill_unit(name, SIGKILL);
-    int status = child.reap();
+    int status = child.wait();
     EXPECT_TRUE(WIFSIGNALED(status));
     EXPECT_EQ(WTERMSIG(status), SIGKILL);
     // Its main process was killed too: the unit fails and, with CollectMode=inactive-or-failed, goes away.
@@ -217,7 +188,7 @@ TEST_F(ManagerTest, AsyncStartOverlapsWithWork) {
     job.wait(std::chrono::seconds(10));
     manager().attach_processes_to_unit(name, "/", {child.upid()});
     manager().stop_unit(name);
-    int status = child.reap();
+    int status = child.wait();
     EXPECT_TRUE(WIFSIGNALED(status));
     EXPECT_TRUE(manager().wait_unit_gone(name, std::chrono::seconds(5)));
 }

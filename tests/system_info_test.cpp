@@ -24,6 +24,7 @@
 
 #include "sdfutures/system_info.hpp"
 #include "support/manager_environment.hpp"
+#include "support/workloads.hpp"
 
 namespace sdfutures {
 namespace {
@@ -204,12 +205,7 @@ TEST(Requirements, PropertiesAreRefusedByTheirOwnName) {
     EXPECT_NO_THROW(require_properties({{"MemoryHigh", "32M"}, {"AllowedCPUs", "0"}}, {252, CgroupLayout::unified, {6, 1}}));
 }
 
-Properties sleeping_service() {
-    Properties p;
-    p.set("Type", "exec").set("ExecStart", "/bin/sleep infinity").set("CollectMode", "inactive-or-failed");
-    p.set("Delegate", "yes");
-    return p;
-}
+using testing::sleeping_service;
 
 // Stops the unit however the test ends.
 struct StopAtEnd {
@@ -230,6 +226,7 @@ TEST_F(SystemInfoTest, MemoryHighTakesEffectExactlyWhereItsRequirementIsMet) {
     const bool met = !unmet_requirement(Requirement::unified_memory, info);
     std::string name = testing::unique_unit_name();
     Properties p = sleeping_service();
+    p.set("Delegate", "yes");
     p.set("MemoryHigh", "10485760");
     StopAtEnd stop{manager(), name};
     Unit unit = manager().start_transient_unit(name, p);
@@ -305,6 +302,7 @@ TEST_F(SystemInfoTest, IPAddressDenyTakesEffectExactlyWhereItsRequirementIsMet) 
 
     std::string name = testing::unique_unit_name();
     Properties p = sleeping_service();
+    p.set("Delegate", "yes");
     p.set("IPAddressDeny", "any");
     {
         StopAtEnd stop{manager(), name};

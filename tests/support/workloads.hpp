@@ -1,8 +1,11 @@
 #pragma once
-// Work the tests run inside units: CPU burners for quota checks and a memory hog for MemoryMax checks.
+// Work the tests run inside units: CPU burners for quota checks, a memory hog for MemoryMax checks, a service and
+// a forked child that only wait.
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
@@ -13,8 +16,49 @@
 #include <gtest/gtest.h>
 
 #include "sdfutures/error.hpp"
+#include "sdfutures/properties.hpp"
 
 namespace sdfutures::testing {
+
+// A transient service that only sleeps, collected when it stops. Type=exec: the start job ends once the main
+// process has exec'd sleep, so its command line is real by then.
+inline Properties sleeping_service() {
+    Properties p;
+    p.set("Type", "exec").set("ExecStart", "/bin/sleep infinity").set("CollectMode", "inactive-or-failed");
+    return p;
+}
+
+// A forked child that waits to be killed. A test that expects it killed reaps it with wait(); otherwise the
+// guard kills and reaps it, so that no test leaves a process behind.
+class PausedChild {
+public:
+    PausedChild() : pid_(::fork()) {
+        if (pid_ == 0) {
+            for (;;) ::pause();
+        }
+    }
+    ~PausedChild() { kill_and_reap(); }
+    PausedChild(const PausedChild&) = delete;
+    PausedChild& operator=(const PausedChild&) = delete;
+
+    pid_t pid() const { return pid_; }
+    uint32_t upid() const { return static_cast<uint32_t>(pid_); }
+    // Waits for it to end (killed by someone else) and returns its wait status.
+    int wait() {
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return status;
+    }
+    void kill_and_reap() {
+        if (pid_ <= 0) return;
+        ::kill(pid_, SIGKILL);
+        wait();
+    }
+
+private:
+    pid_t pid_;
+};
 
 inline double process_cpu_seconds() {
     timespec ts{};
