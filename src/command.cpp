@@ -22,6 +22,7 @@
 #include <random>
 #include <set>
 
+#include "anchored_unit.hpp"
 #include "bus_state.hpp"
 #include "fd_util.hpp"
 #include "sdfutures/system_info.hpp"
@@ -195,17 +196,6 @@ std::vector<std::string> escape_for_exec(const std::vector<std::string>& argv) {
         out.push_back(std::move(e));
     }
     return out;
-}
-
-std::string generate_unit_name() {
-    static std::atomic<unsigned> counter{0};
-    thread_local std::mt19937 random{std::random_device{}()};
-    char suffix[9];
-    auto value = static_cast<uint32_t>(random());
-    static constexpr char hex[] = "0123456789abcdef";
-    for (int i = 7; i >= 0; --i, value >>= 4) suffix[i] = hex[value & 15];
-    suffix[8] = 0;
-    return "sdfutures-cmd-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + suffix + ".service";
 }
 
 // Properties Command sets itself, each with what to use instead.
@@ -422,8 +412,7 @@ struct CommandProcess::Impl {
     // From here to the control block: touched only by the serving thread, under the bus lock.
     std::string start_job, stop_job;  // paths awaited in BusState::awaited_jobs; empty once finished
     std::optional<std::string> start_job_result;
-    bool stop_sent = false;
-    bool stopped = false, timed_out = false;
+    bool stopped = false, timed_out = false;  // stopped: a StopUnit was sent (on request or at the timeout)
 
     OwnedFd stdin_fd;
     std::shared_ptr<const std::string> stdin_data;
@@ -623,7 +612,7 @@ struct CommandProcess::Impl {
                     answer(*r);
                     continue;
                 }
-                if (!stop_sent) {
+                if (!stopped) {
                     sdbus::ObjectPath job = detail::translate_errors("StopUnit " + unit, [&] {
                         sdbus::ObjectPath p;
                         state.manager->callMethod("StopUnit").onInterface(kManagerInterface)
@@ -633,7 +622,7 @@ struct CommandProcess::Impl {
                     // Queued signals are dispatched only after this returns, so the job's end is not missed.
                     state.awaited_jobs.emplace(job, std::nullopt);
                     stop_job = job;
-                    stop_sent = stopped = true;
+                    stopped = true;
                 }
                 timed_out = timed_out || r->because_of_timeout;
                 stop_waiters.push_back(r);
@@ -727,7 +716,7 @@ struct CommandProcess::Impl {
         // when no process ended at all, or when the process ended with one of systemd's own setup-failure
         // statuses (200..243), which a program could only imitate by exiting with one at once.
         bool setup_status = code == 1 && status >= 200 && status <= 243;
-        bool start_failed = *start_job_result != "done" && !(stop_sent && *start_job_result == "canceled") &&
+        bool start_failed = *start_job_result != "done" && !(stopped && *start_job_result == "canceled") &&
                             (code == 0 || setup_status);
         if (error) {
             failure = error;
@@ -902,7 +891,7 @@ CommandProcess Command::start() const {
     require_properties(properties_, info);
 
     auto impl = std::make_unique<CommandProcess::Impl>(bus);
-    impl->unit = unit_name_ ? *unit_name_ : generate_unit_name();
+    impl->unit = unit_name_ ? *unit_name_ : detail::default_unit_name("cmd");
     impl->object_path = unit_object_path(impl->unit);
     impl->program = program;
     int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -541,28 +541,21 @@ void PoolCore::Impl::finalize_dead_workers() {
             auto head = std::move(w.in_flight.front());
             w.in_flight.pop_front();
             std::exception_ptr error;
+            bool stopped = false;
             if (w.timed_out) {
                 error = std::make_exception_ptr(TaskTimeout(
                     "the task ran longer than the pool's task_timeout of " +
                     std::to_string(options.task_timeout->count()) + " ms; its worker was killed and replaced"));
             } else if (unit_stopped()) {
                 error = std::make_exception_ptr(UnitStopped(options.unit_name));
+                stopped = true;
             } else {
                 std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
                 if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
                 error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
             }
-            if (error) {
-                bool stopped = false;
-                try {
-                    std::rethrow_exception(error);
-                } catch (const UnitStopped&) {
-                    stopped = true;
-                } catch (...) {
-                }
-                fail_task(head, error);
-                if (stopped) break_pool(error);
-            }
+            fail_task(head, error);
+            if (stopped) break_pool(error);
             // The others were sent but never started: they go back to the front of the queue.
             std::lock_guard lock(mutex);
             for (auto rit = w.in_flight.rbegin(); rit != w.in_flight.rend(); ++rit) {

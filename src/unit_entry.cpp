@@ -72,7 +72,12 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
     // mnt last: after it, paths are those of the unit's mount namespace.
     static constexpr std::array<std::pair<const char*, int>, 4> kinds{
         {{"net", CLONE_NEWNET}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"mnt", CLONE_NEWNS}}};
-    std::vector<std::pair<int, std::string>> to_join;
+    struct Join {
+        int fd;
+        int type;
+        const char* name;
+    };
+    std::vector<Join> to_join;
     for (auto [name, type] : kinds) {
         std::string theirs = proc_path(r.main_pid, "ns/") + name;
         std::string ours = std::string("/proc/self/ns/") + name;
@@ -81,20 +86,20 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
         if (their_ino == ns_inode(ours)) continue;
         int fd = ::open(theirs.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) return fail(failure, std::string("open namespace ") + name, errno, theirs);
-        to_join.emplace_back(fd, name);
-        (void)type;
+        to_join.push_back({fd, type, name});
     }
-    for (auto& [fd, name] : to_join) {
-        if (::setns(fd, 0) != 0) {
+    for (const auto& j : to_join) {
+        // The type makes the kernel check that the descriptor is that kind of namespace.
+        if (::setns(j.fd, j.type) != 0) {
             int err = errno;
-            for (auto& j : to_join) ::close(j.first);
-            return fail(failure, "join namespace " + name, err,
+            for (const auto& k : to_join) ::close(k.fd);
+            return fail(failure, std::string("join namespace ") + j.name, err,
                         ::geteuid() == 0 ? "setns to the unit's main process's namespace"
                                          : "setns to the unit's main process's namespace, which a non-root process "
                                            "cannot join: the owner must share its user manager's namespaces");
         }
     }
-    for (auto& j : to_join) ::close(j.first);
+    for (const auto& j : to_join) ::close(j.fd);
     for (auto [name, type] : kinds) {
         (void)type;
         if (ns_inode(std::string("/proc/self/ns/") + name) != ns_inode(proc_path(r.main_pid, "ns/") + name))

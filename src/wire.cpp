@@ -216,13 +216,11 @@ void expect_reply_size(const msgpack::object& reply, std::initializer_list<std::
     }
 }
 
+// Recreates a standard exception from its what() text; the types whose what() is fixed by the library take none.
 template <class E>
-[[noreturn]] void throw_with_what(const std::string& what) {
-    throw E(what);
-}
-template <class E>
-[[noreturn]] void throw_without_what(const std::string&) {
-    throw E();
+[[noreturn]] void rethrow_as(const std::string& what) {
+    if constexpr (std::is_constructible_v<E, const std::string&>) throw E(what);
+    else throw E();
 }
 
 struct StandardException {
@@ -233,22 +231,17 @@ struct StandardException {
 // Matched against the demangled names the child produces with the same demangler, so spelling never diverges.
 const std::vector<StandardException>& standard_exceptions() {
     static const std::vector<StandardException> table = [] {
-        std::vector<StandardException> t;
-        const auto add = [&t](const std::type_info& type, void (*rethrow)(const std::string&)) {
-            t.push_back({demangled_name(type), rethrow});
+        const auto entry = []<class E>(std::type_identity<E>) {
+            return StandardException{demangled_name(typeid(E)), &rethrow_as<E>};
         };
-        add(typeid(std::logic_error), &throw_with_what<std::logic_error>);
-        add(typeid(std::invalid_argument), &throw_with_what<std::invalid_argument>);
-        add(typeid(std::domain_error), &throw_with_what<std::domain_error>);
-        add(typeid(std::length_error), &throw_with_what<std::length_error>);
-        add(typeid(std::out_of_range), &throw_with_what<std::out_of_range>);
-        add(typeid(std::runtime_error), &throw_with_what<std::runtime_error>);
-        add(typeid(std::range_error), &throw_with_what<std::range_error>);
-        add(typeid(std::overflow_error), &throw_with_what<std::overflow_error>);
-        add(typeid(std::underflow_error), &throw_with_what<std::underflow_error>);
-        add(typeid(std::bad_alloc), &throw_without_what<std::bad_alloc>);
-        add(typeid(std::bad_cast), &throw_without_what<std::bad_cast>);
-        add(typeid(std::exception), &throw_without_what<std::exception>);
+        std::vector<StandardException> t{
+            entry(std::type_identity<std::logic_error>{}),    entry(std::type_identity<std::invalid_argument>{}),
+            entry(std::type_identity<std::domain_error>{}),   entry(std::type_identity<std::length_error>{}),
+            entry(std::type_identity<std::out_of_range>{}),   entry(std::type_identity<std::runtime_error>{}),
+            entry(std::type_identity<std::range_error>{}),    entry(std::type_identity<std::overflow_error>{}),
+            entry(std::type_identity<std::underflow_error>{}), entry(std::type_identity<std::bad_alloc>{}),
+            entry(std::type_identity<std::bad_cast>{}),       entry(std::type_identity<std::exception>{}),
+        };
         return t;
     }();
     return table;
