@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <set>
+#include <stdexcept>
 
 #include <gtest/gtest.h>
 
@@ -32,10 +33,11 @@ rlim_t limit_allowing(int allowed) {
 }
 
 SoftDescriptorLimit::SoftDescriptorLimit(rlim_t soft) {
-    getrlimit(RLIMIT_NOFILE, &saved_);
+    if (getrlimit(RLIMIT_NOFILE, &saved_) != 0) throw std::runtime_error("getrlimit(RLIMIT_NOFILE) failed");
     rlimit lowered = saved_;
     lowered.rlim_cur = soft;
-    setrlimit(RLIMIT_NOFILE, &lowered);
+    // A limit that did not take would turn every sweep into a run without one.
+    if (setrlimit(RLIMIT_NOFILE, &lowered) != 0) throw std::runtime_error("setrlimit(RLIMIT_NOFILE) failed");
 }
 
 SoftDescriptorLimit::~SoftDescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
@@ -50,6 +52,10 @@ ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const s
             attempt();
             ++sweep.succeeded;
         } catch (const Error& e) {
+            // More descriptors to spare must never make it fail again once it has worked.
+            if (sweep.succeeded > 0)
+                ADD_FAILURE() << "with RLIMIT_NOFILE " << limit << " it failed again after working with fewer: "
+                              << e.what();
             ++sweep.failed;
             sweep.errors.push_back("limit " + std::to_string(limit) + ": " + e.what());
         } catch (const std::exception& e) {

@@ -36,7 +36,8 @@ struct ExhaustionSweep {
 // Runs `attempt` `steps` times, the n-th time (from 0) with the soft RLIMIT_NOFILE set so that only n more
 // descriptors can be opened (the first time, the very first descriptor the attempt asks for fails with EMFILE),
 // and restores the limit after each. After each attempt it adds a test failure naming the limit for anything the
-// attempt left behind (the leak audit) and for any exception that is not an sdfutures::Error.
+// attempt left behind (the leak audit), for any exception that is not an sdfutures::Error, and for a failure
+// after an attempt with fewer descriptors to spare had worked.
 ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const std::function<void()>& attempt);
 
 }  // namespace sdfutures::testing

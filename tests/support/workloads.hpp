@@ -45,6 +45,7 @@ public:
     uint32_t upid() const { return static_cast<uint32_t>(pid_); }
     // Waits for it to end (killed by someone else) and returns its wait status.
     int wait() {
+        if (pid_ <= 0) return -1;  // the fork failed, or it was reaped already: never reap someone else's child
         int status = 0;
         ::waitpid(pid_, &status, 0);
         pid_ = -1;
