@@ -1,15 +1,18 @@
 #pragma once
-// The pool's fork server: a single-threaded process, forked from the owner when a pool is constructed, that
-// forks the pool's workers on request and reports their exits. Workers are thus never forked from a process
-// running the library's threads. Private to the library.
+// The pool's fork server: a single-threaded process that forks the pool's workers on request and reports their
+// exits, so that workers are never forked from a process running the library's (or the user's) threads. It is
+// forked from the owner when the pool is constructed (StartMethod::fork), or from the process-wide zygote that
+// sdfutures::init() forked while the program was still single-threaded (StartMethod::forkserver; zygote.hpp).
+// Private to the library.
 
 #include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
 
-#include "sdfutures/detail/wire.hpp"
 #include "fd_util.hpp"
+#include "sdfutures/detail/wire.hpp"
+#include "sdfutures/start_method.hpp"
 
 namespace sdfutures::detail {
 
@@ -30,12 +33,28 @@ struct WorkerConfig {
     std::function<void()> initializer;
 };
 
-// Forks the fork server. Returns its pid and sets `control` to the owner's end of the control socket. The
-// worker's socket and a pidfd of the worker (opened by its parent, so never of a reused pid) arrive with each
-// `spawned` event as SCM_RIGHTS descriptors, in that order.
-pid_t start_fork_server(const WorkerConfig& config, Fd& control);
+// The fork server of one pool, as its owner holds it.
+struct ForkServer {
+    pid_t pid = -1;
+    Fd control;  // the owner's end of the control socket; closing it ends the server and its workers
+    Fd pidfd;    // the server process, to wait for its end (it is not always the owner's child)
+};
 
-// A worker's task message: [invoker, function, arguments].
+// Starts a fork server by `method`. Each `spawned` event carries the worker's socket (SOCK_SEQPACKET, see
+// channel.hpp) and a pidfd of the worker opened by its parent (so never of a reused pid), as SCM_RIGHTS
+// descriptors in that order. Throws Error naming what failed, or StateError when `forkserver` is asked for and
+// sdfutures::init() was not called.
+ForkServer start_fork_server(const WorkerConfig& config, StartMethod method);
+
+// Closes the control socket and waits (up to 5 s, then SIGKILL) until the server has ended. Never throws.
+void stop_fork_server(ForkServer& server) noexcept;
+
+// The body of a fork server, in the process that will be it: the control socket is kControlFd, nothing else is
+// open. Never returns.
+inline constexpr int kControlFd = 3;
+[[noreturn]] void fork_server_main(const WorkerConfig& config);
+
+// A worker's task message body: [invoker, function, arguments].
 std::string encode_task(std::uintptr_t invoker, std::uintptr_t function, std::string_view arguments);
 
 }  // namespace sdfutures::detail

@@ -8,7 +8,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,29 +15,51 @@
 #include <bit>
 #include <condition_variable>
 #include <deque>
-#include <map>
 #include <mutex>
+#include <random>
 #include <span>
 #include <thread>
 
 #include "anchored_unit.hpp"
+#include "channel.hpp"
 #include "fd_util.hpp"
 #include "fork_server.hpp"
+#include "pool_bus.hpp"
 #include "sdfutures/manager.hpp"
 
 namespace sdfutures {
 namespace detail {
 
 using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
 
+// A task's life: queued → sent (to a worker's window; the head of that window is running) → resolved, or
+// cancelled while queued. Whoever moves it to `resolved` (the dispatcher, or a thread cancelling it) alone
+// fulfils its future and counts it finished.
 struct TaskState {
-    enum Status : int { queued, running, done, cancelled };
+    enum Status : int { queued, sent, resolved };
     std::atomic<int> status{queued};
+    std::uint64_t id = 0;  // unguessable: a worker's reply must name the task it answers
     PoolCore::Submission submission;
     PoolCore::Impl* pool = nullptr;
+
+    // Claims the right to resolve the task; false when someone else already did.
+    bool claim() noexcept {
+        int s = status.load();
+        while (s != resolved)
+            if (status.compare_exchange_weak(s, resolved)) return true;
+        return false;
+    }
 };
 
 namespace {
+
+// Bounds on what the dispatcher waits for from a worker or the fork server before it gives up on them; far
+// above what they take (a worker enters a unit in about a millisecond), so they only end real hangs.
+constexpr milliseconds kEntryTimeout{30'000};
+constexpr milliseconds kSpawnTimeout{30'000};
+// Records read from one worker before the dispatcher looks at the others again.
+constexpr int kRecordsPerTurn = 256;
 
 // The CPUs the unit may use: AllowedCPUs= and CPUQuota= (rounded up) bound the machine's.
 std::size_t default_worker_count(const Properties& properties) {
@@ -63,84 +84,124 @@ bool pipe_reader_gone(int write_fd) {
     return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
 }
 
+std::string release_message(uint32_t main_pid) {
+    auto pid = static_cast<pid_t>(main_pid);
+    return {reinterpret_cast<const char*>(&pid), sizeof pid};
+}
+
+// Whether a worker ended the way every process of a stopped unit ends (systemd's SIGTERM, or SIGKILL after
+// TimeoutStopSec=): then only the manager can say whether the unit was stopped or the worker alone was killed.
+bool ends_like_a_stopped_unit(int exit_status) { return exit_status == -SIGTERM || exit_status == -SIGKILL; }
+
 }  // namespace
 
 struct Worker {
     pid_t pid = -1;
     Fd socket;
     Fd pidfd;
-    enum class Phase { starting, ready } phase = Phase::starting;
-    FrameReader reader;
-    std::string outbox;
-    std::size_t sent = 0;
-    std::deque<std::shared_ptr<TaskState>> in_flight;
+    // attaching: the owner asked systemd to attach it; entering: released, not yet reported "entered".
+    enum class Phase { attaching, entering, ready } phase = Phase::attaching;
+    Clock::time_point phase_since = Clock::now();
+    MessageReader reader;
+    MessageWriter writer;
+    std::deque<std::shared_ptr<TaskState>> in_flight;  // sent, in order; the head is running
     std::size_t assigned = 0;
-    Clock::time_point head_since;
-    bool eof = false;
+    Clock::time_point head_since;                      // when the head task started, as far as the owner knows
+    std::uint64_t last_answered = 0;                   // id of the last task it answered
+    bool eof = false;          // nothing more is read from it
     bool write_closed = false;
+    bool condemned = false;    // killed by the pool, its tasks already settled
+    bool awaiting_verdict = false;
+    std::optional<bool> unit_gone_verdict;
     std::optional<int> exit_status;
-    bool timed_out = false;
 
-    explicit Worker(const WireLimits& limits) : reader(limits) {}
-    void kill() const {
-        if (pidfd) ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+    explicit Worker(std::size_t max_reply_bytes) : reader(max_reply_bytes) {}
+    void signal(int signo) const {
+        if (pidfd) ::syscall(SYS_pidfd_send_signal, pidfd.get(), signo, nullptr, 0);
+    }
+    void kill() const { signal(SIGKILL); }
+    bool alive() const { return !exit_status; }
+    bool takes_tasks(std::size_t max_tasks) const {
+        return phase == Phase::ready && !eof && !condemned && alive() && !(max_tasks && assigned >= max_tasks);
     }
 };
 
 struct PoolCore::Impl {
+    // Set at construction, read-only afterwards (any thread).
     Properties properties;
     PoolOptions options;
     WireLimits limits;
-    std::size_t target_workers = 1;
     std::optional<Bus> bus;
     std::optional<Unit> unit;
     std::string control_group;
     uint32_t main_pid = 0;
-    uint64_t oom_kills_seen = 0;
-    Fd anchor;   // write end of the unit main process's stdin: the owner's lifeline
-    Fd control;  // the fork server's control socket
-    pid_t server_pid = -1;
-    Fd wake;     // eventfd: new tasks, shutdown
+    Fd anchor;  // write end of the unit main process's stdin: the owner's lifeline
+    Fd wake;    // eventfd: new tasks, cancellations, bus answers, shutdown
+    std::uint64_t id_key = 0;
 
+    // Shared between the submitting threads and the dispatcher: guarded by `mutex`.
     std::mutex mutex;
     std::condition_variable changed;
     std::deque<std::shared_ptr<TaskState>> queue;
+    std::vector<std::shared_ptr<TaskState>> cancelled_running;  // resolved by cancel(); their workers must go
     std::size_t unfinished = 0;
+    std::uint64_t next_id = 0;
     bool accepting = true;
     bool retire = false;
+    std::optional<std::optional<milliseconds>> end_workers_request;  // grace; set by end_workers()
     bool dispatcher_done = false;
     std::exception_ptr broken;
 
-    std::thread dispatcher;
-    std::vector<std::unique_ptr<Worker>> workers;  // the dispatcher's, once it runs
+    // The dispatcher thread's own (the constructing thread's until it starts).
+    ForkServer server;
+    std::size_t target_workers = 1;
+    std::vector<std::unique_ptr<Worker>> workers;
     std::size_t spawning = 0;
+    Clock::time_point spawn_requested;
     bool server_alive = true;
+    uint64_t oom_kills_seen = 0;
+    std::optional<Clock::time_point> sigkill_at;  // terminate_workers: when SIGKILL follows SIGTERM
+    std::unique_ptr<PoolBus> pool_bus;
+    std::thread dispatcher;
+
+    // Read by any thread.
     mutable std::mutex pids_mutex;
-    std::vector<pid_t> pids;
+    std::vector<pid_t> pids;  // guarded by pids_mutex
 
     Impl(Properties p, PoolOptions o);
     ~Impl();
 
     // construction
     void spawn_initial_workers();
-    void wait_until_ready(Worker& w);
+    void wait_until_entered(Worker& w);
     void teardown() noexcept;
 
-    // dispatcher thread
+    // dispatcher thread: the loop, then its steps
     void run_dispatcher();
+    bool retired();
+    void take_requests();
+    void take_bus_answers();
     void assign_tasks();
+    void poll_events(std::vector<pollfd>& fds, std::vector<Worker*>& polled);
+    void enforce_deadlines();
     void read_worker(Worker& w);
+    void handle_message(Worker& w, Message message);
     void flush_worker(Worker& w);
     void handle_server_events();
-    // A worker from a `spawned` event and the descriptors that came with it; throws Error when they did not.
-    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped);
-    void handle_spawned(std::unique_ptr<Worker> worker);
     void finalize_dead_workers();
-    void break_pool(const std::exception_ptr& error);
-    bool unit_stopped();
-    void update_pids();
+
+    // what the steps share
+    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped);
+    void condemn(Worker& w, const std::exception_ptr& error_for_head);
+    void violation(Worker& w, const std::string& what, std::uint64_t offending_id);
+    void requeue_window(Worker& w);
+    void fail_dead_workers_task(Worker& w);
+    void break_pool(const std::exception_ptr& error, int signo = SIGKILL);
     void request_spawn(std::size_t n);
+    void replace_workers();
+    void update_pids();
     void wake_up();
+    std::size_t live_workers() const;
 
     // tasks
     void task_finished();
@@ -151,10 +212,12 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     : properties(std::move(p)), options(std::move(o)), limits{options.max_result_bytes, WireLimits{}.max_depth} {
     check_properties_reach_forked_children(properties);
     target_workers = options.max_workers ? options.max_workers : default_worker_count(properties);
+    options.max_window = std::max<std::size_t>(options.max_window, 1);
     if (options.unit_name.empty()) options.unit_name = default_unit_name("pool");
     bus = options.bus ? *options.bus : Bus::automatic();
     unit.emplace(*bus, options.unit_name);
     require_support(*bus, properties);
+    id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
 
     int anchor_pipe[2];
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
@@ -169,46 +232,55 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
         anchored_service_properties(properties, anchor_read.get(), "sdfutures pool of pid " + std::to_string(getpid())));
     anchor_read.reset();  // systemd holds its own copy
     try {
-        // The workers are forked while systemd starts the unit: the two overlap.
-        WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
-        server_pid = start_fork_server(config, control);
-        request_spawn(target_workers);
-        spawn_initial_workers();
+        // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
         job.wait();
         main_pid = verified_main_pid(*unit);
         control_group = unit->control_group();
         oom_kills_seen = oom_kill_count(control_group);
+        WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
+        server = start_fork_server(config, options.start_method);
+        request_spawn(target_workers);
+        spawn_initial_workers();
         std::vector<uint32_t> to_attach;
         for (auto& w : workers) to_attach.push_back(static_cast<uint32_t>(w->pid));
         manager.attach_processes_to_unit(options.unit_name, "/", to_attach);  // one call for all of them
         for (auto& w : workers) {
-            pid_t release = static_cast<pid_t>(main_pid);
-            if (!write_all(w->socket.get(), &release, sizeof release))
+            if (!send_message(w->socket.get(), 0, release_message(main_pid)))
                 throw Error("cannot release worker " + std::to_string(w->pid) + ": " + errno_text(errno));
+            w->phase = Worker::Phase::entering;
         }
-        for (auto& w : workers) wait_until_ready(*w);
+        for (auto& w : workers) wait_until_entered(*w);
     } catch (...) {
         teardown();
         throw;
     }
     update_pids();
+    pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
     dispatcher = std::thread([this] { run_dispatcher(); });
 }
 
 void PoolCore::Impl::request_spawn(std::size_t n) {
     if (n == 0) return;
     ForkServerRequest request{static_cast<uint32_t>(n)};
-    if (!send_with_fds(control.get(), &request, sizeof request))
+    if (!send_with_fds(server.control.get(), &request, sizeof request))
         throw Error("the pool's fork server does not answer: " + errno_text(errno));
+    if (spawning == 0) spawn_requested = Clock::now();
     spawning += n;
 }
 
 void PoolCore::Impl::spawn_initial_workers() {
     while (spawning > 0) {
+        pollfd ready{server.control.get(), POLLIN, 0};
+        int r;
+        do r = ::poll(&ready, 1, static_cast<int>(kSpawnTimeout.count()));
+        while (r < 0 && errno == EINTR);
+        if (r == 0)
+            throw Error("the pool's fork server (pid " + std::to_string(server.pid) + ") forked no worker within " +
+                        std::to_string(kSpawnTimeout.count()) + " ms");
         ForkServerEvent event{};
         Fd passed[2];
         bool dropped = false;
-        ssize_t n = receive_with_fds(control.get(), &event, sizeof event, passed, &dropped);
+        ssize_t n = receive_with_fds(server.control.get(), &event, sizeof event, passed, &dropped);
         if (n <= 0) throw Error("the pool's fork server ended while forking workers");
         if (event.kind == ForkServerEvent::spawned) {
             --spawning;
@@ -219,30 +291,32 @@ void PoolCore::Impl::spawn_initial_workers() {
     }
 }
 
-void PoolCore::Impl::wait_until_ready(Worker& w) {
+void PoolCore::Impl::wait_until_entered(Worker& w) {
+    const auto deadline = Clock::now() + kEntryTimeout;
     for (;;) {
-        if (auto frame = w.reader.next()) {
-            decode_reply<void>(*frame, limits);  // SetupError for the step that failed
-            w.phase = Worker::Phase::ready;
-            ::fcntl(w.socket.get(), F_SETFL, O_NONBLOCK);
-            return;
-        }
-        auto area = w.reader.write_area(64u << 10);
-        ssize_t n = ::read(w.socket.get(), area.data(), area.size());
-        w.reader.commit(n > 0 ? static_cast<size_t>(n) : 0);
-        if (n == 0) throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " ended before it entered the unit");
-        if (n < 0 && errno != EINTR) throw Error("reading from worker: " + errno_text(errno));
+        auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now()).count();
+        pollfd ready{w.socket.get(), POLLIN, 0};
+        int r = ::poll(&ready, 1, static_cast<int>(std::max<long long>(left, 0)));
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0)
+            throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " did not report within " +
+                                                      std::to_string(kEntryTimeout.count()) + " ms");
+        MessageReader::Got got = w.reader.read_record(w.socket.get(), false);  // ProtocolError for garbage
+        if (got == MessageReader::Got::end)
+            throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " ended before it entered the unit");
+        if (got != MessageReader::Got::message) continue;
+        Message m = w.reader.take();
+        if (m.id != 0) throw ProtocolError("worker " + std::to_string(w.pid) + " answered a task before it entered");
+        decode_reply<void>(m.body.view(), limits);  // SetupError for the step that failed
+        w.phase = Worker::Phase::ready;
+        ::fcntl(w.socket.get(), F_SETFL, O_NONBLOCK);
+        return;
     }
 }
 
 void PoolCore::Impl::teardown() noexcept {
     // Closing the control socket ends the fork server, which kills and reaps its workers.
-    control.reset();
-    if (server_pid > 0) {
-        while (::waitpid(server_pid, nullptr, 0) < 0 && errno == EINTR) {
-        }
-        server_pid = -1;
-    }
+    stop_fork_server(server);
     workers.clear();
     anchor.reset();
     if (bus) stop_and_wait_gone(*bus, options.unit_name);
@@ -250,15 +324,26 @@ void PoolCore::Impl::teardown() noexcept {
 
 PoolCore::Impl::~Impl() {
     try {
-        {
-            std::unique_lock lock(mutex);
-            accepting = false;
-            retire = true;
-        }
+        std::unique_lock lock(mutex);
+        accepting = false;
+        retire = true;
+        lock.unlock();
         wake_up();
-        if (dispatcher.joinable()) dispatcher.join();
+        lock.lock();
+        auto done = [&] { return dispatcher_done; };
+        if (options.shutdown_timeout) {
+            if (!changed.wait_for(lock, *options.shutdown_timeout, done)) {
+                if (!end_workers_request) end_workers_request.emplace(std::nullopt);
+                lock.unlock();
+                wake_up();
+                lock.lock();
+            }
+        }
+        changed.wait(lock, done);
     } catch (...) {
     }
+    if (dispatcher.joinable()) dispatcher.join();
+    pool_bus.reset();
     teardown();
 }
 
@@ -271,7 +356,12 @@ void PoolCore::Impl::update_pids() {
     std::lock_guard lock(pids_mutex);
     pids.clear();
     for (auto& w : workers)
-        if (!w->exit_status) pids.push_back(w->pid);
+        if (w->alive() && !w->condemned) pids.push_back(w->pid);
+}
+
+std::size_t PoolCore::Impl::live_workers() const {
+    return static_cast<std::size_t>(
+        std::count_if(workers.begin(), workers.end(), [](auto& w) { return w->alive() && !w->condemned; }));
 }
 
 void PoolCore::Impl::task_finished() {
@@ -284,7 +374,7 @@ void PoolCore::Impl::task_finished() {
 }
 
 void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error) {
-    task->status = TaskState::done;
+    if (!task->claim()) return;
     try {
         task->submission.fail(std::move(error));
     } catch (...) {
@@ -292,19 +382,7 @@ void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exce
     task_finished();
 }
 
-bool PoolCore::Impl::unit_stopped() {
-    if (pipe_reader_gone(anchor.get())) return true;
-    try {
-        auto state = unit->active_state();
-        return state != "active" && state != "reloading";
-    } catch (const SystemdError&) {
-        return true;  // NoSuchUnit: already gone
-    } catch (...) {
-        return false;
-    }
-}
-
-void PoolCore::Impl::break_pool(const std::exception_ptr& error) {
+void PoolCore::Impl::break_pool(const std::exception_ptr& error, int signo) {
     std::deque<std::shared_ptr<TaskState>> queued;
     {
         std::lock_guard lock(mutex);
@@ -312,15 +390,53 @@ void PoolCore::Impl::break_pool(const std::exception_ptr& error) {
         accepting = false;
         queued.swap(queue);
     }
-    for (auto& task : queued) {
-        int expected = TaskState::queued;
-        if (task->status.compare_exchange_strong(expected, TaskState::running)) fail_task(task, error);
-    }
+    for (auto& task : queued) fail_task(task, error);
     for (auto& w : workers) {
         for (auto& task : w->in_flight) fail_task(task, error);
         w->in_flight.clear();
-        w->kill();
+        w->condemned = true;
+        w->eof = true;
+        w->signal(signo);
     }
+}
+
+// The pool kills a worker it can no longer trust with tasks (it broke the protocol, ran over its time, or runs a
+// cancelled task). With `error_for_head`, its running task fails with it; every other task it holds (sent ahead,
+// never started, or innocent of what the worker did) goes back to the front of the queue.
+void PoolCore::Impl::condemn(Worker& w, const std::exception_ptr& error_for_head) {
+    if (w.condemned) return;
+    w.condemned = true;
+    w.eof = true;  // whatever else it sent cannot be trusted
+    w.kill();
+    if (error_for_head && !w.in_flight.empty()) {
+        auto head = std::move(w.in_flight.front());
+        w.in_flight.pop_front();
+        fail_task(head, error_for_head);
+    }
+    requeue_window(w);  // a head already settled (cancelled) is dropped there
+    update_pids();
+}
+
+void PoolCore::Impl::requeue_window(Worker& w) {
+    std::lock_guard lock(mutex);
+    for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
+        int expected = TaskState::sent;
+        if ((*it)->status.compare_exchange_strong(expected, TaskState::queued)) queue.push_front(std::move(*it));
+    }
+    w.in_flight.clear();
+}
+
+void PoolCore::Impl::violation(Worker& w, const std::string& what, std::uint64_t offending_id) {
+    auto error = std::make_exception_ptr(ProtocolError(
+        "worker " + std::to_string(w.pid) + " broke the channel protocol (" + what +
+        "): whatever ran in it wrote to the library's channel; the worker was killed and replaced"));
+    // A second answer to the task it answered last is that task's doing: it is settled already, and the task now
+    // at the head (which may never have started) is innocent.
+    if (offending_id != 0 && offending_id == w.last_answered) {
+        condemn(w, nullptr);
+        return;
+    }
+    condemn(w, error);
 }
 
 std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped) {
@@ -333,37 +449,11 @@ std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> p
                                "Too many open files, RLIMIT_NOFILE " + std::to_string(limit.rlim_cur) + ")"
                              : ""));
     }
-    auto w = std::make_unique<Worker>(limits);
+    auto w = std::make_unique<Worker>(limits.max_frame_bytes);
     w->pid = pid;
     w->socket = std::move(passed[0]);
     w->pidfd = std::move(passed[1]);
     return w;
-}
-
-void PoolCore::Impl::handle_spawned(std::unique_ptr<Worker> worker) {
-    const pid_t pid = worker->pid;
-    workers.push_back(std::move(worker));
-    Worker& ref = *workers.back();
-    bool is_broken;
-    {
-        std::lock_guard lock(mutex);
-        is_broken = broken != nullptr || retire;
-    }
-    if (is_broken) {
-        ref.kill();
-        return;
-    }
-    try {
-        Manager(*bus).attach_processes_to_unit(options.unit_name, "/", {static_cast<uint32_t>(pid)});
-        pid_t release = static_cast<pid_t>(main_pid);
-        write_all(ref.socket.get(), &release, sizeof release);
-        ::fcntl(ref.socket.get(), F_SETFL, O_NONBLOCK);
-    } catch (...) {
-        ref.kill();
-        if (unit_stopped()) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-        else break_pool(std::current_exception());
-    }
-    update_pids();
 }
 
 void PoolCore::Impl::handle_server_events() {
@@ -371,19 +461,19 @@ void PoolCore::Impl::handle_server_events() {
         ForkServerEvent event{};
         Fd passed[2];
         bool dropped = false;
-        ssize_t n = ::recv(control.get(), nullptr, 0, MSG_PEEK | MSG_DONTWAIT);
+        ssize_t n = ::recv(server.control.get(), nullptr, 0, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-        n = receive_with_fds(control.get(), &event, sizeof event, passed, &dropped);
+        n = receive_with_fds(server.control.get(), &event, sizeof event, passed, &dropped);
         if (n <= 0) {
             server_alive = false;
             spawning = 0;
             for (auto& w : workers)
-                if (!w->exit_status) w->exit_status = -SIGKILL, w->eof = true;
+                if (w->alive()) w->exit_status = -SIGKILL, w->eof = true;
             break_pool(std::make_exception_ptr(Error("the pool's fork server ended; the pool cannot go on")));
             return;
         }
         if (event.kind == ForkServerEvent::spawned) {
-            --spawning;
+            if (--spawning > 0) spawn_requested = Clock::now();
             std::unique_ptr<Worker> worker;
             try {
                 worker = new_worker(event.pid, passed, dropped);
@@ -391,7 +481,21 @@ void PoolCore::Impl::handle_server_events() {
                 break_pool(std::current_exception());
                 continue;
             }
-            handle_spawned(std::move(worker));
+            workers.push_back(std::move(worker));
+            Worker& w = *workers.back();
+            bool is_broken;
+            {
+                std::lock_guard lock(mutex);
+                is_broken = broken != nullptr || retire;
+            }
+            if (is_broken) {
+                w.condemned = true;
+                w.kill();
+            } else {
+                ::fcntl(w.socket.get(), F_SETFL, O_NONBLOCK);
+                w.phase_since = Clock::now();
+                pool_bus->attach(w.pid);  // answered in take_bus_answers()
+            }
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             --spawning;
             break_pool(std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
@@ -407,89 +511,153 @@ void PoolCore::Impl::handle_server_events() {
     }
 }
 
-void PoolCore::Impl::read_worker(Worker& w) {
-    for (;;) {
-        auto area = w.reader.write_area(1u << 20);
-        ssize_t n = ::read(w.socket.get(), area.data(), area.size());
-        if (n > 0) {
-            w.reader.commit(static_cast<size_t>(n));
-        } else {
-            w.reader.commit(0);
-            if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                w.eof = true;
-                if (!w.exit_status) w.kill();  // it closed its socket but lives on: it cannot be talked to
+void PoolCore::Impl::take_bus_answers() {
+    for (auto& answer : pool_bus->take_answers()) {
+        auto it = std::find_if(workers.begin(), workers.end(), [&](auto& w) { return w->pid == answer.pid; });
+        if (it == workers.end()) continue;
+        Worker& w = **it;
+        switch (answer.kind) {
+        case PoolBus::Answer::Kind::attached:
+            if (w.condemned || !w.alive()) break;
+            w.writer.queue(0, release_message(main_pid));
+            w.phase = Worker::Phase::entering;
+            w.phase_since = Clock::now();
+            flush_worker(w);
+            break;
+        case PoolBus::Answer::Kind::attach_failed:
+            w.condemned = true;
+            w.kill();
+            if (answer.unit_gone) {
+                break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
+            } else if (live_workers() == 0) {
+                break_pool(answer.error);  // nothing left to run tasks, and no way to add a worker
+            } else {
+                --target_workers;  // carry on with the workers there are rather than fail their tasks
             }
-            if (n < 0 && errno == EINTR) continue;
+            break;
+        case PoolBus::Answer::Kind::unit_state:
+            w.unit_gone_verdict = answer.unit_gone;
             break;
         }
     }
-    for (;;) {
-        std::optional<std::string> frame;
+}
+
+void PoolCore::Impl::read_worker(Worker& w) {
+    for (int turn = 0; turn < kRecordsPerTurn && !w.eof; ++turn) {
+        MessageReader::Got got;
         try {
-            frame = w.reader.next();
-        } catch (const ProtocolError&) {
-            w.kill();  // garbage from a worker: it cannot be trusted with further tasks
+            got = w.reader.read_record(w.socket.get(), true);
+        } catch (const ProtocolError& e) {
+            violation(w, e.what(), 0);
+            return;
+        } catch (const Error&) {
+            got = MessageReader::Got::end;
+        }
+        if (got == MessageReader::Got::nothing) return;
+        if (got == MessageReader::Got::end) {
             w.eof = true;
-            break;
-        }
-        if (!frame) break;
-        if (w.phase == Worker::Phase::starting) {
-            try {
-                decode_reply<void>(*frame, limits);
-                w.phase = Worker::Phase::ready;
-            } catch (...) {
-                w.kill();
-                break_pool(std::current_exception());  // a replacement that cannot start: nothing will
+            if (w.reader.mid_message()) {
+                violation(w, "its channel ended in the middle of a message", 0);
+            } else if (w.alive()) {
+                w.kill();  // it closed its socket but lives on: it cannot be talked to
             }
-            continue;
+            return;
         }
-        if (w.in_flight.empty()) {  // a reply to nothing: the worker is confused or hostile
-            w.kill();
-            break;
-        }
-        auto task = std::move(w.in_flight.front());
-        w.in_flight.pop_front();
-        w.head_since = Clock::now();
-        task->status = TaskState::done;
-        std::string().swap(task->submission.arguments);
+        if (got == MessageReader::Got::message) handle_message(w, w.reader.take());
+    }
+}
+
+void PoolCore::Impl::handle_message(Worker& w, Message message) {
+    if (w.phase == Worker::Phase::entering) {
+        if (message.id != 0) return violation(w, "a reply before it entered the unit", message.id);
         try {
-            task->submission.complete(*frame);
+            decode_reply<void>(message.body.view(), limits);
+            w.phase = Worker::Phase::ready;
+            update_pids();
         } catch (...) {
+            w.condemned = true;
+            w.kill();
+            break_pool(std::current_exception());  // a replacement that cannot start: nothing will
         }
-        task_finished();
+        return;
+    }
+    if (w.phase != Worker::Phase::ready) return violation(w, "a message before it was released", message.id);
+    if (w.in_flight.empty())
+        return violation(w, "a reply (id " + std::to_string(message.id) + ") with no task outstanding", message.id);
+    if (message.id != w.in_flight.front()->id)
+        return violation(w, "a reply for task id " + std::to_string(message.id) + " while task id " +
+                                std::to_string(w.in_flight.front()->id) + " was running",
+                         message.id);
+    auto task = std::move(w.in_flight.front());
+    w.in_flight.pop_front();
+    w.head_since = Clock::now();
+    w.last_answered = task->id;
+    if (!task->claim()) return;  // cancelled while it ran: the answer is no longer wanted
+    bool well_formed = true;
+    std::string().swap(task->submission.arguments);
+    try {
+        well_formed = task->submission.complete(message.body.view());
+    } catch (...) {
+    }
+    task_finished();
+    if (!well_formed) {
+        // The task's future holds the ProtocolError already: only its worker goes.
+        condemn(w, nullptr);
     }
 }
 
 void PoolCore::Impl::flush_worker(Worker& w) {
-    while (w.sent < w.outbox.size()) {
-        ssize_t n = ::send(w.socket.get(), w.outbox.data() + w.sent, w.outbox.size() - w.sent, MSG_NOSIGNAL);
-        if (n > 0) {
-            w.sent += static_cast<size_t>(n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (w.writer.flush(w.socket.get()) == MessageWriter::Sent::broken && w.alive()) {
         w.kill();  // its end is closed: it is dying; the exit report finishes it
-        return;
     }
-    w.outbox.clear();
-    w.sent = 0;
+}
+
+void PoolCore::Impl::take_requests() {
+    std::vector<std::shared_ptr<TaskState>> cancelled;
+    std::optional<std::optional<milliseconds>> end_request;
+    {
+        std::lock_guard lock(mutex);
+        cancelled.swap(cancelled_running);
+        end_request = std::exchange(end_workers_request, std::nullopt);
+    }
+    for (auto& task : cancelled) {
+        for (auto& w : workers) {
+            if (w->condemned || w->in_flight.empty()) continue;
+            // Only the running task costs its worker; one still waiting in the window is skipped when answered.
+            if (w->in_flight.front() == task) condemn(*w, nullptr);
+        }
+    }
+    if (end_request) {
+        auto error = std::make_exception_ptr(
+            TaskCancelled(std::string("the pool's workers were ended by ") +
+                          (*end_request ? "terminate_workers()" : "kill_workers() or the destructor's shutdown_timeout")));
+        std::exception_ptr broken_before;
+        {
+            std::lock_guard lock(mutex);
+            accepting = false;
+            retire = true;
+            broken_before = broken;
+        }
+        break_pool(error, *end_request ? SIGTERM : SIGKILL);
+        {
+            std::lock_guard lock(mutex);
+            broken = broken_before;  // shut down, not broken: submit() says so
+        }
+        if (*end_request) sigkill_at = Clock::now() + **end_request;
+    }
 }
 
 void PoolCore::Impl::assign_tasks() {
     std::vector<Worker*> ready;
     for (auto& w : workers)
-        if (w->phase == Worker::Phase::ready && !w->eof && !w->exit_status &&
-            !(options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child))
-            ready.push_back(w.get());
+        if (w->takes_tasks(options.max_tasks_per_child)) ready.push_back(w.get());
     if (ready.empty()) return;
     std::unique_lock lock(mutex);
     if (queue.empty()) return;
     // Tasks go round-robin, idle workers first. Only when there are more tasks than workers does a worker get
-    // several at once (up to kMaxWindow), so it finds its next task waiting and batches its replies. A task
-    // handed to a worker can no longer be cancelled, which is why the window is small.
-    constexpr std::size_t kMaxWindow = 8;
-    std::size_t window = std::clamp<std::size_t>((queue.size() + ready.size() - 1) / ready.size(), 1, kMaxWindow);
+    // several at once (up to max_window), so it finds its next task waiting and batches its replies.
+    std::size_t window =
+        std::clamp<std::size_t>((queue.size() + ready.size() - 1) / ready.size(), 1, options.max_window);
     std::size_t spawn_needed = 0;
     for (std::size_t depth = 1; depth <= window && !queue.empty(); ++depth) {
         for (Worker* w : ready) {
@@ -501,15 +669,12 @@ void PoolCore::Impl::assign_tasks() {
                 task = std::move(queue.front());
                 queue.pop_front();
                 int expected = TaskState::queued;
-                if (!task->status.compare_exchange_strong(expected, TaskState::running)) task.reset();  // cancelled
+                if (!task->status.compare_exchange_strong(expected, TaskState::sent)) task.reset();  // cancelled
             }
             if (!task) break;
             if (w->in_flight.empty()) w->head_since = Clock::now();
-            auto payload = encode_task(reinterpret_cast<std::uintptr_t>(task->submission.invoker),
-                                       task->submission.function, task->submission.arguments);
-            auto header = frame_header(payload.size());
-            w->outbox.append(header.data(), header.size());
-            w->outbox.append(payload);
+            w->writer.queue(task->id, encode_task(reinterpret_cast<std::uintptr_t>(task->submission.invoker),
+                                                  task->submission.function, task->submission.arguments));
             w->in_flight.push_back(std::move(task));
             ++w->assigned;
             // Its replacement starts while it finishes its last task.
@@ -518,8 +683,33 @@ void PoolCore::Impl::assign_tasks() {
     }
     lock.unlock();
     if (spawn_needed) request_spawn(spawn_needed);
-    for (auto& w : workers)
-        if (!w->outbox.empty()) flush_worker(*w);
+    for (Worker* w : ready)
+        if (!w->writer.empty()) flush_worker(*w);
+}
+
+// A worker that died with a task: the task fails saying how, unless the unit was stopped (then everything does).
+void PoolCore::Impl::fail_dead_workers_task(Worker& w) {
+    auto head = std::move(w.in_flight.front());
+    w.in_flight.pop_front();
+    std::exception_ptr error;
+    bool stopped = pipe_reader_gone(anchor.get()) || w.unit_gone_verdict.value_or(false);
+    if (stopped) {
+        error = std::make_exception_ptr(UnitStopped(options.unit_name));
+    } else {
+        // Each OOM kill the cgroup records explains one SIGKILLed worker, busy or idle. A worker that died of
+        // something else must not use it up: the victim's own exit may be handled after it.
+        bool oom_killed = false;
+        if (*w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen) {
+            ++oom_kills_seen;
+            oom_killed = true;
+        }
+        std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
+        if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
+        error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
+    }
+    fail_task(head, error);
+    if (stopped) break_pool(error);
+    requeue_window(w);
 }
 
 void PoolCore::Impl::finalize_dead_workers() {
@@ -530,51 +720,35 @@ void PoolCore::Impl::finalize_dead_workers() {
             ++it;
             continue;
         }
-        // Each OOM kill the cgroup records explains one SIGKILLed worker, busy or idle. A worker that died of
-        // something else must not use it up: the victim's own exit may be handled after it.
-        bool oom_killed = false;
-        if (*w.exit_status == -SIGKILL && !w.timed_out && oom_kill_count(control_group) > oom_kills_seen) {
-            ++oom_kills_seen;
-            oom_killed = true;
-        }
         if (!w.in_flight.empty()) {
-            auto head = std::move(w.in_flight.front());
-            w.in_flight.pop_front();
-            std::exception_ptr error;
-            bool stopped = false;
-            if (w.timed_out) {
-                error = std::make_exception_ptr(TaskTimeout(
-                    "the task ran longer than the pool's task_timeout of " +
-                    std::to_string(options.task_timeout->count()) + " ms; its worker was killed and replaced"));
-            } else if (unit_stopped()) {
-                error = std::make_exception_ptr(UnitStopped(options.unit_name));
-                stopped = true;
-            } else {
-                std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
-                if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
-                error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
+            // systemd's SIGTERM or SIGKILL, and the anchor still there: was the unit stopped, or this worker alone
+            // killed? The manager says, on the bus thread; the worker waits here until it has.
+            if (!w.unit_gone_verdict && !pipe_reader_gone(anchor.get()) && ends_like_a_stopped_unit(*w.exit_status) &&
+                oom_kill_count(control_group) <= oom_kills_seen) {
+                if (!w.awaiting_verdict) {
+                    w.awaiting_verdict = true;
+                    pool_bus->ask_unit_state(w.pid);
+                }
+                ++it;
+                continue;
             }
-            fail_task(head, error);
-            if (stopped) break_pool(error);
-            // The others were sent but never started: they go back to the front of the queue.
-            std::lock_guard lock(mutex);
-            for (auto rit = w.in_flight.rbegin(); rit != w.in_flight.rend(); ++rit) {
-                (*rit)->status = TaskState::queued;
-                queue.push_front(std::move(*rit));
-            }
-            w.in_flight.clear();
+            fail_dead_workers_task(w);
         }
         it = workers.erase(it);
         removed = true;
     }
     if (!removed) return;
     update_pids();
+    replace_workers();
+}
+
+void PoolCore::Impl::replace_workers() {
     bool replace;
     {
         std::lock_guard lock(mutex);
         replace = !broken && !retire && server_alive;
     }
-    std::size_t live = workers.size() + spawning;
+    std::size_t live = live_workers() + spawning;
     if (replace && live < target_workers) {
         try {
             request_spawn(target_workers - live);
@@ -584,74 +758,116 @@ void PoolCore::Impl::finalize_dead_workers() {
     }
 }
 
+void PoolCore::Impl::enforce_deadlines() {
+    const auto now = Clock::now();
+    for (auto& w : workers) {
+        if (w->condemned || !w->alive()) continue;
+        if (w->phase == Worker::Phase::entering && now - w->phase_since > kEntryTimeout) {
+            w->condemned = true;
+            w->kill();
+            break_pool(std::make_exception_ptr(
+                SetupError("enter the unit", 0, "replacement worker " + std::to_string(w->pid) +
+                                                    " did not report within " + std::to_string(kEntryTimeout.count()) + " ms")));
+            return;
+        }
+        if (options.task_timeout && !w->in_flight.empty() && now >= w->head_since + *options.task_timeout) {
+            condemn(*w, std::make_exception_ptr(TaskTimeout(
+                            "the task ran longer than the pool's task_timeout of " +
+                            std::to_string(options.task_timeout->count()) + " ms; its worker was killed and replaced")));
+        }
+    }
+    if (spawning > 0 && server_alive && now - spawn_requested > kSpawnTimeout) {
+        spawning = 0;
+        break_pool(std::make_exception_ptr(Error("the pool's fork server (pid " + std::to_string(server.pid) +
+                                                 ") forked no worker within " + std::to_string(kSpawnTimeout.count()) +
+                                                 " ms; the pool cannot go on")));
+    }
+    if (sigkill_at && now >= *sigkill_at) {
+        for (auto& w : workers)
+            if (w->alive()) w->kill();
+        sigkill_at.reset();
+    }
+}
+
+bool PoolCore::Impl::retired() {
+    {
+        std::lock_guard lock(mutex);
+        if (!(retire && queue.empty() && unfinished == 0)) return false;
+    }
+    // Closing our sending side lets each worker finish and exit on end of file.
+    for (auto& w : workers)
+        if (!w->write_closed && w->writer.empty()) {
+            ::shutdown(w->socket.get(), SHUT_WR);
+            w->write_closed = true;
+        }
+    return (workers.empty() && spawning == 0) || !server_alive;
+}
+
+void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>& polled) {
+    fds.clear();
+    polled.clear();
+    fds.push_back({wake.get(), POLLIN, 0});
+    fds.push_back({server.control.get(), POLLIN, 0});
+    fds.push_back({anchor.get(), 0, 0});  // POLLERR once the unit's main process is gone
+    constexpr std::size_t kFixed = 3;
+    for (auto& w : workers) {
+        if (w->eof) continue;
+        short events = POLLIN;
+        if (!w->writer.empty()) events |= POLLOUT;
+        fds.push_back({w->socket.get(), events, 0});
+        polled.push_back(w.get());
+    }
+    // Sleep until the nearest deadline: a task's timeout, a worker's entry, the fork server's answer, SIGKILL.
+    std::optional<Clock::time_point> next;
+    auto consider = [&](Clock::time_point t) { next = next ? std::min(*next, t) : t; };
+    for (auto& w : workers) {
+        if (w->condemned || !w->alive()) continue;
+        if (w->phase == Worker::Phase::entering) consider(w->phase_since + kEntryTimeout);
+        if (options.task_timeout && !w->in_flight.empty()) consider(w->head_since + *options.task_timeout);
+    }
+    if (spawning > 0) consider(spawn_requested + kSpawnTimeout);
+    if (sigkill_at) consider(*sigkill_at);
+    int timeout_ms = -1;
+    if (next)
+        timeout_ms = static_cast<int>(std::max<long long>(0, std::chrono::ceil<milliseconds>(*next - Clock::now()).count()));
+    if (::poll(fds.data(), fds.size(), timeout_ms) < 0) {
+        for (auto& p : fds) p.revents = 0;
+        return;
+    }
+    if (fds[0].revents & POLLIN) {
+        uint64_t count;
+        [[maybe_unused]] ssize_t n = ::read(wake.get(), &count, sizeof count);
+    }
+    for (std::size_t i = 0; i < polled.size(); ++i) {
+        Worker& w = *polled[i];
+        short revents = fds[kFixed + i].revents;
+        if (revents & (POLLIN | POLLHUP | POLLERR)) read_worker(w);
+        if ((revents & POLLOUT) && !w.eof) flush_worker(w);
+    }
+    if (fds[1].revents) handle_server_events();
+    if (fds[2].revents & POLLERR) {
+        bool already;
+        {
+            std::lock_guard lock(mutex);
+            already = broken != nullptr;
+        }
+        if (!already) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
+    }
+}
+
 void PoolCore::Impl::run_dispatcher() {
-    ::fcntl(control.get(), F_SETFL, O_NONBLOCK);
+    ::fcntl(server.control.get(), F_SETFL, O_NONBLOCK);
     std::vector<pollfd> fds;
+    std::vector<Worker*> polled;
     for (;;) {
+        take_requests();
+        take_bus_answers();
         // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
         // event would follow to bring the loop back to it.
         assign_tasks();
-        bool retiring;
-        {
-            std::lock_guard lock(mutex);
-            retiring = retire && queue.empty() && unfinished == 0;
-        }
-        if (retiring) {
-            // Closing our sending side lets each worker finish and exit on end of file.
-            for (auto& w : workers)
-                if (!w->write_closed && w->outbox.empty()) {
-                    ::shutdown(w->socket.get(), SHUT_WR);
-                    w->write_closed = true;
-                }
-            if (workers.empty() && spawning == 0) break;
-            if (!server_alive) break;
-        }
-
-        fds.clear();
-        fds.push_back({wake.get(), POLLIN, 0});
-        fds.push_back({control.get(), POLLIN, 0});
-        fds.push_back({anchor.get(), 0, 0});  // POLLERR once the unit's main process is gone
-        for (auto& w : workers) {
-            short events = w->eof ? 0 : POLLIN;
-            if (!w->outbox.empty()) events |= POLLOUT;
-            fds.push_back({w->eof ? -1 : w->socket.get(), events, 0});
-        }
-        int timeout_ms = -1;
-        if (options.task_timeout) {
-            auto now = Clock::now();
-            for (auto& w : workers) {
-                if (w->in_flight.empty() || w->timed_out || w->exit_status) continue;
-                auto deadline = w->head_since + *options.task_timeout;
-                if (now >= deadline) {
-                    w->timed_out = true;
-                    w->kill();
-                    continue;
-                }
-                int ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count());
-                timeout_ms = timeout_ms < 0 ? ms : std::min(timeout_ms, ms);
-            }
-        }
-        if (::poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) break;
-
-        if (fds[0].revents & POLLIN) {
-            uint64_t count;
-            [[maybe_unused]] ssize_t n = ::read(wake.get(), &count, sizeof count);
-        }
-        for (std::size_t i = 0; i < workers.size() && i + 3 < fds.size(); ++i) {
-            Worker& w = *workers[i];
-            short revents = fds[i + 3].revents;
-            if (revents & (POLLIN | POLLHUP | POLLERR)) read_worker(w);
-            if ((revents & POLLOUT) && !w.eof) flush_worker(w);
-        }
-        if (fds[1].revents) handle_server_events();
-        if (fds[2].revents & POLLERR) {
-            bool already;
-            {
-                std::lock_guard lock(mutex);
-                already = broken != nullptr;
-            }
-            if (!already) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-        }
+        if (retired()) break;
+        poll_events(fds, polled);
+        enforce_deadlines();
         finalize_dead_workers();
     }
     std::lock_guard lock(mutex);
@@ -683,6 +899,13 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
         std::lock_guard lock(impl_->mutex);
         if (impl_->broken) std::rethrow_exception(impl_->broken);
         if (!impl_->accepting) throw StateError("submit() after shutdown() of pool " + impl_->options.unit_name);
+        for (auto& task : tasks) {
+            // A keyed mix of a counter: distinct for every task, and not to be guessed from another task's id.
+            std::uint64_t z = ++impl_->next_id + impl_->id_key;
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+            task->id = (z ^ (z >> 31)) | 1;  // never 0, the bootstrap id
+        }
         impl_->queue.insert(impl_->queue.end(), tasks.begin(), tasks.end());
         impl_->unfinished += tasks.size();
     }
@@ -691,13 +914,24 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
 }
 
 bool PoolCore::cancel(const std::shared_ptr<TaskState>& task) {
-    int expected = TaskState::queued;
-    if (!task || !task->status.compare_exchange_strong(expected, TaskState::cancelled)) return false;
+    if (!task) return false;
+    const int before = task->status.load();
+    if (!task->claim()) return false;
+    const char* why = before == TaskState::queued ? "the task was cancelled before it started"
+                                                  : "the task was cancelled; if it had started, its worker was killed";
     try {
-        task->submission.fail(std::make_exception_ptr(TaskCancelled("the task was cancelled before it started")));
+        task->submission.fail(std::make_exception_ptr(TaskCancelled(why)));
     } catch (...) {
     }
-    task->pool->task_finished();  // the pool outlives every unfinished task
+    Impl& pool = *task->pool;  // the pool outlives every unfinished task
+    if (before == TaskState::sent) {
+        {
+            std::lock_guard lock(pool.mutex);
+            pool.cancelled_running.push_back(task);
+        }
+        pool.wake_up();
+    }
+    pool.task_finished();
     return true;
 }
 
@@ -708,11 +942,24 @@ void PoolCore::shutdown(bool wait, bool cancel_pending) {
         impl_->accepting = false;
         if (cancel_pending) pending = impl_->queue;
     }
-    for (auto& task : pending) cancel(task);
+    for (auto& task : pending)
+        if (task->status.load() == TaskState::queued) cancel(task);
     if (!wait) return;
     {
         std::lock_guard lock(impl_->mutex);
         impl_->retire = true;
+    }
+    impl_->wake_up();
+    std::unique_lock lock(impl_->mutex);
+    impl_->changed.wait(lock, [&] { return impl_->dispatcher_done; });
+}
+
+void PoolCore::end_workers(std::optional<std::chrono::milliseconds> grace) {
+    {
+        std::lock_guard lock(impl_->mutex);
+        impl_->accepting = false;
+        impl_->retire = true;
+        impl_->end_workers_request.emplace(grace);
     }
     impl_->wake_up();
     std::unique_lock lock(impl_->mutex);

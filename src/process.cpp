@@ -6,6 +6,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -19,6 +20,8 @@
 
 #include "sdfutures/manager.hpp"
 #include "anchored_unit.hpp"
+#include "fd_util.hpp"
+#include "forked_child.hpp"
 #include "unit_entry.hpp"
 
 namespace sdfutures {
@@ -171,6 +174,55 @@ void write_reply_frame(int fd, const std::string& payload) noexcept {
     }
 }
 
+namespace {
+
+// What the reaper tells the owner: first the child's pid (with a pidfd of it), then, once it has reaped the child,
+// its wait status.
+struct ReaperReport {
+    enum Kind : int32_t { started = 1, ended = 2 } kind;
+    int32_t value;  // started: the child's pid; ended: the wait status
+};
+
+// The reaper: the owner's direct child, which forks the child that runs the function and waits for it. The owner
+// never waits for the function's process itself, so whatever the owner does with SIGCHLD (ignores it, so that the
+// kernel reaps its children and drops their status; reaps every child in a handler of its own; blocks it) cannot
+// take the exit status away from this library: the reaper has SIGCHLD's default action and no other children.
+constexpr int kReportFd = 3;
+
+[[noreturn]] void reaper_main(int report_fd, pid_t owner, const std::function<void(pid_t reaper)>& child_body) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != owner) ::_exit(127);
+    reset_child_signal();
+    const pid_t self = ::getpid();
+    pid_t child = ::fork();
+    if (child == 0) {
+        ::close(report_fd);
+        child_body(self);
+    }
+    if (child < 0) {
+        ReaperReport failed{ReaperReport::ended, -1};
+        send_with_fds(report_fd, &failed, sizeof failed);
+        ::_exit(127);
+    }
+    // Holds nothing but its report socket from here on: the owner must see the reply pipe's end of file when the
+    // child ends, and the unit's anchor must not outlive the owner in this process.
+    if (report_fd != kReportFd) ::dup2(report_fd, kReportFd);
+    ::syscall(SYS_close_range, kReportFd + 1, ~0u, 0);
+    report_fd = kReportFd;
+    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));  // not reaped yet: the pid is the child's
+    ReaperReport started{ReaperReport::started, child};
+    const int passed[] = {pidfd};
+    send_with_fds(report_fd, &started, sizeof started, pidfd >= 0 ? std::span<const int>(passed) : std::span<const int>());
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    ReaperReport ended{ReaperReport::ended, status};
+    send_with_fds(report_fd, &ended, sizeof ended);
+    ::_exit(0);
+}
+
+}  // namespace
+
 ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
     : properties_(std::move(properties)), options_(std::move(options)),
       limits_{options_.max_result_bytes, WireLimits{}.max_depth}, reader_(limits_) {
@@ -188,19 +240,32 @@ ProcessCore::~ProcessCore() {
         } catch (...) {
         }
     }
-    close_fd(pidfd_);
-    close_fd(reply_fd_);
-    close_fd(anchor_fd_);
+    close_all();
 }
 
 const Unit& ProcessCore::unit() const { return *unit_; }
+
+void ProcessCore::close_all() noexcept {
+    close_fd(pidfd_);
+    close_fd(reply_fd_);
+    close_fd(anchor_fd_);
+    close_fd(report_fd_);
+    if (reaper_pidfd_ >= 0) {
+        // Reaps the reaper if it is this process's child and nobody else did: by pidfd, never a reusable pid.
+        siginfo_t info{};
+        while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(reaper_pidfd_), &info, WEXITED) < 0 &&
+               errno == EINTR) {
+        }
+    }
+    close_fd(reaper_pidfd_);
+}
 
 void ProcessCore::start(const Body& body) {
     if (state_ != State::created) throw StateError("start() was already called on " + options_.unit_name);
     require_support(*bus_, properties_);
     Manager manager(*bus_);
 
-    int reply_pipe[2], release_pipe[2], anchor_pipe[2];
+    int reply_pipe[2], release_pipe[2], anchor_pipe[2], report_pair[2];
     if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw Error("cannot create the child's reply pipe: " + errno_text(errno));
     if (::pipe2(release_pipe, O_CLOEXEC) != 0) {
         ::close(reply_pipe[0]), ::close(reply_pipe[1]);
@@ -210,14 +275,19 @@ void ProcessCore::start(const Body& body) {
         for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1]}) ::close(fd);
         throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
     }
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, report_pair) != 0) {
+        for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1], anchor_pipe[0], anchor_pipe[1]})
+            ::close(fd);
+        throw Error("cannot create the reaper's report socket: " + errno_text(errno));
+    }
     reply_fd_ = reply_pipe[0];
     anchor_fd_ = anchor_pipe[1];
+    report_fd_ = report_pair[0];
     int release_write = release_pipe[1];
 
     auto fail_before_fork = [&] {
-        for (int fd : {anchor_pipe[0], reply_pipe[1], release_pipe[0], release_write}) ::close(fd);
-        close_fd(reply_fd_);
-        close_fd(anchor_fd_);
+        for (int fd : {anchor_pipe[0], reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
+        close_all();
     };
     std::optional<PendingJob> job;
     try {
@@ -231,57 +301,69 @@ void ProcessCore::start(const Body& body) {
     ::close(anchor_pipe[0]);  // systemd holds its own copy now
 
     // Forked while systemd works on the start job: the two overlap.
-    const pid_t parent = getpid();
-    pid_t child = ::fork();
-    if (child < 0) {
-        int err = errno;
-        for (int fd : {reply_pipe[1], release_pipe[0], release_write}) ::close(fd);
-        stop_unit();
-        throw Error("fork: " + errno_text(err));
-    }
-    if (child == 0) {
+    const pid_t owner = getpid();
+    const int child_reply = reply_pipe[1], child_release = release_pipe[0];
+    auto child_body = [&, child_reply, child_release](pid_t parent) {
+        detach_from_owner_state();
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (::getppid() != parent) ::_exit(127);
         ::close(release_write);
         pid_t main_pid = 0;
         ssize_t n;
-        do n = ::read(release_pipe[0], &main_pid, sizeof main_pid);
+        do n = ::read(child_release, &main_pid, sizeof main_pid);
         while (n < 0 && errno == EINTR);
         if (n != sizeof main_pid) ::_exit(127);  // the owner gave up before releasing us
         EntryFailure failure;
-        EntryRequest request{main_pid, parent, reply_pipe[1], options_.keep_stdio};
+        EntryRequest request{main_pid, parent, child_reply, options_.keep_stdio};
         if (!enter_unit(request, failure)) {
             // Before the descriptor step the pipe is where it was; after it, at kEnteredPipeFd.
-            int fd = ::fcntl(reply_pipe[1], F_GETFD) >= 0 ? reply_pipe[1] : kEnteredPipeFd;
+            int fd = ::fcntl(child_reply, F_GETFD) >= 0 ? child_reply : kEnteredPipeFd;
             write_reply_frame(fd, encode_setup_failure(failure.step, failure.error_number, failure.detail));
             ::_exit(125);
         }
         write_reply_frame(kEnteredPipeFd, encode_void_reply());  // "entered": start() may return
         body(kEnteredPipeFd);
         std::fflush(nullptr);
-        std::cout.flush();
-        std::cerr.flush();
         ::_exit(0);
+    };
+    pid_t reaper = ::fork();
+    if (reaper < 0) {
+        int err = errno;
+        for (int fd : {reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
+        close_fd(report_fd_);
+        stop_unit();
+        close_all();
+        throw Error("fork: " + errno_text(err));
     }
-    pid_ = child;
-    state_ = State::running;
+    if (reaper == 0) {
+        ::close(report_pair[0]);
+        reaper_main(report_pair[1], owner, child_body);
+    }
+    ::close(report_pair[1]);
     ::close(reply_pipe[1]);
     ::close(release_pipe[0]);
-    // Opened before anything can reap the child, so it is the child's; join() polls it and terminate() and
-    // kill() signal through it.
-    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
-    const int pidfd_error = errno;
+    // Opened before anything of ours can reap it (an owner's own SIGCHLD handler could, but then the pidfd simply
+    // fails and nothing waits for it).
+    reaper_pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, reaper, 0));
+    state_ = State::running;
     ::fcntl(reply_fd_, F_SETFL, O_NONBLOCK);
 
     auto abort_start = [&] {
-        ::close(release_write);
+        if (release_write >= 0) ::close(release_write);
         abandon_child();
     };
     try {
-        if (pidfd_ < 0) throw Error("pidfd_open of the child " + std::to_string(child) + ": " + errno_text(pidfd_error));
+        ReaperReport started{};
+        Fd child_pidfd[1];
+        ssize_t got = receive_with_fds(report_fd_, &started, sizeof started, child_pidfd);
+        if (got != sizeof started || started.kind != ReaperReport::started)
+            throw Error("fork of the child: the reaper (pid " + std::to_string(reaper) + ") could not fork it");
+        pid_ = started.value;
+        if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
+        pidfd_ = child_pidfd[0].release();
         job->wait();
         uint32_t main_pid = verified_main_pid(*unit_);
-        manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(child)});
+        manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(pid_)});
         pid_t to_send = static_cast<pid_t>(main_pid);
         if (::write(release_write, &to_send, sizeof to_send) != sizeof to_send)
             throw Error("cannot release the child: " + errno_text(errno));
@@ -289,7 +371,7 @@ void ProcessCore::start(const Body& body) {
         release_write = -1;
         // Wait for "entered" (or the step that failed).
         for (;;) {
-            if (auto frame = reader_.next()) {
+            if (auto frame = next_frame()) {
                 decode_reply<void>(*frame, limits_);  // throws SetupError for a failed step
                 return;
             }
@@ -302,40 +384,61 @@ void ProcessCore::start(const Body& body) {
         throw SetupError("enter the unit", 0, "the child " + describe_exit(exit_status_.value_or(0)) +
                                                   " before it entered the unit");
     } catch (...) {
-        if (release_write >= 0) abort_start();
-        else abandon_child();
+        abort_start();
         throw;
     }
 }
 
+std::optional<std::string> ProcessCore::next_frame() {
+    if (channel_error_) throw ProtocolError(*channel_error_);
+    try {
+        return reader_.next();
+    } catch (const ProtocolError& e) {
+        channel_error_ = e.what();
+        throw;
+    }
+}
+
+void ProcessCore::reap() {
+    ReaperReport ended{};
+    ssize_t got;
+    do got = receive_with_fds(report_fd_, &ended, sizeof ended);
+    while (got == static_cast<ssize_t>(sizeof ended) && ended.kind != ReaperReport::ended);
+    if (got == static_cast<ssize_t>(sizeof ended)) {
+        exit_status_ = exit_status_from_wait_status(ended.value);
+    } else {
+        exit_status_ = -SIGKILL;  // the reaper was killed, and the child with it (its parent-death signal)
+    }
+    state_ = State::ended;
+}
+
 void ProcessCore::abandon_child() noexcept {
     if (state_ == State::running) {
-        // Without a pidfd (pidfd_open failed) the pid is still safe to signal: only this object reaps it.
         if (pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
-        else ::kill(pid_, SIGKILL);
-        int status = 0;
-        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-        }
-        exit_status_ = exit_status_from_wait_status(status);
-        state_ = State::ended;
+        else if (reaper_pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, reaper_pidfd_, SIGKILL, nullptr, 0);
+        reap();
     }
     stop_unit();
-    close_fd(pidfd_);
-    close_fd(reply_fd_);
-    close_fd(anchor_fd_);
+    close_all();
 }
 
 bool ProcessCore::read_available() {
     bool got = false;
     for (;;) {
+        if (channel_error_) return got;
         auto area = reader_.write_area(1u << 20);
         ssize_t n = ::read(reply_fd_, area.data(), area.size());
+        try {
+            reader_.commit(n > 0 ? static_cast<size_t>(n) : 0);
+        } catch (const ProtocolError& e) {
+            // Garbage from the child (a header above the limit, say): the channel is over, the child is not.
+            channel_error_ = e.what();
+            return got;
+        }
         if (n > 0) {
-            reader_.commit(static_cast<size_t>(n));
             got = true;
             continue;
         }
-        reader_.commit(0);
         if (n == 0) reply_eof_ = true;
         else if (errno == EINTR) continue;
         return got;
@@ -358,16 +461,17 @@ bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
     if (state_ == State::ended) return true;
     const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::milliseconds(0));
     for (;;) {
+        const bool reading = !reply_eof_ && !channel_error_;
         pollfd fds[2] = {{pidfd_, POLLIN, 0}, {reply_fd_, POLLIN, 0}};
         int wait_ms = -1;
         if (timeout) {
             auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
             wait_ms = static_cast<int>(std::max<long long>(0, left.count()));
         }
-        int r = ::poll(fds, reply_eof_ ? 1 : 2, wait_ms);
+        int r = ::poll(fds, reading ? 2 : 1, wait_ms);
         if (r < 0 && errno != EINTR) throw Error("poll: " + errno_text(errno));
         // Draining while the child runs keeps a large reply from blocking it on a full pipe.
-        if (!reply_eof_ && (fds[1].revents & (POLLIN | POLLHUP))) read_available();
+        if (reading && (fds[1].revents & (POLLIN | POLLHUP))) read_available();
         if (fds[0].revents & POLLIN) break;
         if (r == 0 && timeout && std::chrono::steady_clock::now() >= deadline) return false;
     }
@@ -378,11 +482,7 @@ bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
 }
 
 void ProcessCore::finish() {
-    int status = 0;
-    while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-    exit_status_ = exit_status_from_wait_status(status);
-    state_ = State::ended;
+    reap();
     // cat gone means the unit was stopped (from outside, or by RuntimeMaxSec=) rather than the child failing.
     pollfd anchor{anchor_fd_, 0, 0};
     unit_was_stopped_ = ::poll(&anchor, 1, 0) == 1 && (anchor.revents & POLLERR);
@@ -393,14 +493,13 @@ void ProcessCore::finish() {
         }
     }
     try {
-        if (auto frame = reader_.next()) reply_ = std::move(*frame);
+        if (auto frame = next_frame()) reply_ = std::move(*frame);
+        else if (reader_.mid_frame()) channel_error_ = "the child's channel ended in the middle of a frame";
     } catch (const ProtocolError&) {
         reply_.reset();
     }
     stop_unit();
-    close_fd(pidfd_);
-    close_fd(reply_fd_);
-    close_fd(anchor_fd_);
+    close_all();
 }
 
 void ProcessCore::stop_unit() noexcept { stop_and_wait_gone(*bus_, options_.unit_name); }
@@ -409,6 +508,9 @@ std::string ProcessCore::take_reply() {
     if (state_ != State::ended) throw StateError("the process of " + options_.unit_name + " has not ended");
     if (reply_) return *reply_;
     if (unit_was_stopped_) throw UnitStopped(options_.unit_name);
+    if (channel_error_)
+        throw ProtocolError("the process running the function " + describe_exit(*exit_status_) +
+                            " after sending what is not a reply: " + *channel_error_);
     std::string how = "the process running the function " + describe_exit(*exit_status_);
     if (oom_killed_) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
     throw ProcessDied(how + " before sending a result", *exit_status_);

@@ -341,8 +341,8 @@ TEST_F(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
             EXPECT_EQ(f.get(), static_cast<int>((i % 1000) * (i % 1000)));
             EXPECT_FALSE(crashes);
             ++ok;
-        } catch (const ProcessDied&) {
-            EXPECT_TRUE(crashes);
+        } catch (const ProcessDied& e) {
+            EXPECT_TRUE(crashes) << "task " << i << ": " << e.what();
             ++crashed;
         }
     }

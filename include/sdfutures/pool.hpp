@@ -49,6 +49,7 @@
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/serialization.hpp"
+#include "sdfutures/start_method.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures {
@@ -56,8 +57,15 @@ namespace sdfutures {
 struct PoolOptions {
     std::size_t max_workers = 0;          // 0: the CPUs CPUQuota=/AllowedCPUs= allow (at least 1)
     std::size_t max_tasks_per_child = 0;  // 0: unlimited; N: a worker is replaced after N tasks
+    // How many tasks a worker holds at once: the one it runs and those sent ahead so it finds its next one waiting
+    // (only when the queue is deeper than the pool). 1: nothing waits behind a running task. See "A hostile task".
+    std::size_t max_window = 8;
     std::function<void()> initializer;    // runs once in each worker after it entered the unit
     std::optional<std::chrono::milliseconds> task_timeout;  // a task running longer fails with TaskTimeout
+    // How long the destructor waits for unfinished tasks before it kills the workers (their futures then fail
+    // with TaskCancelled). std::nullopt: wait as long as they take.
+    std::optional<std::chrono::milliseconds> shutdown_timeout = std::chrono::seconds(30);
+    StartMethod start_method = StartMethod::fork;
     std::optional<Bus> bus;               // default: Bus::automatic()
     std::string unit_name;                // default: "sdfutures-pool-<pid>-<n>-<random>.service"
     std::size_t max_result_bytes = 256u << 20;
@@ -78,20 +86,23 @@ public:
     PoolCore(const PoolCore&) = delete;
     PoolCore& operator=(const PoolCore&) = delete;
 
-    // `complete` gets the reply payload (decode it, fulfil the promise); `fail` gets an error the pool
-    // itself raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called once,
-    // on the pool's dispatcher thread.
+    // `complete` gets the reply payload: it decodes it and fulfils the promise, and returns false when the
+    // payload was malformed (the promise then holds the ProtocolError). `fail` gets an error the pool itself
+    // raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
     struct Submission {
         TaskInvoker invoker;
         std::uintptr_t function;
         std::string arguments;
-        std::function<void(std::string_view reply)> complete;
+        std::function<bool(std::string_view reply)> complete;
         std::function<void(std::exception_ptr)> fail;
     };
     std::shared_ptr<TaskState> submit(Submission submission);
     std::vector<std::shared_ptr<TaskState>> submit_many(std::vector<Submission> submissions);
     static bool cancel(const std::shared_ptr<TaskState>& task);
     void shutdown(bool wait, bool cancel_pending);
+    // Ends every worker (SIGTERM, then SIGKILL after `grace`; no grace: SIGKILL at once), fails every unfinished
+    // task with TaskCancelled and leaves the pool shut down. Returns once the workers are gone.
+    void end_workers(std::optional<std::chrono::milliseconds> grace);
 
     const Unit& unit() const;
     std::vector<pid_t> worker_pids() const;
@@ -134,7 +145,7 @@ using TaskFunction = std::conditional_t<std::is_function_v<std::remove_reference
 
 }  // namespace detail
 
-// A submitted task: its future, and the means to cancel it before it starts.
+// A submitted task: its future, and the means to cancel it.
 template <class R>
 class Task {
 public:
@@ -142,7 +153,9 @@ public:
         : future_(std::move(future)), state_(std::move(state)) {}
     std::future<R>& future() noexcept { return future_; }
     std::future<R> take_future() noexcept { return std::move(future_); }
-    // True when the task had not started: it never will, and its future throws TaskCancelled.
+    // True when the task had not finished: its future throws TaskCancelled. A task not started yet (queued, or
+    // sent ahead to a worker's window) never runs; a running one has its worker killed and replaced, and no other
+    // task is affected. False when it had already finished.
     bool cancel() { return detail::PoolCore::cancel(state_); }
 
 private:
@@ -156,7 +169,8 @@ public:
     // (PropertyError, UnsupportedProperty, BusError, SystemdError, JobFailed, SetupError) leaving nothing.
     explicit TransientUnitPoolExecutor(Properties properties, PoolOptions options = {})
         : core_(std::move(properties), std::move(options)) {}
-    // Shuts down, waits for every task, stops the unit and returns only when it is gone.
+    // Shuts down, waits for every task (at most PoolOptions::shutdown_timeout, then kills the workers and fails
+    // what is left with TaskCancelled), stops the unit and returns only when it is gone.
     ~TransientUnitPoolExecutor() = default;
     TransientUnitPoolExecutor(const TransientUnitPoolExecutor&) = delete;
     TransientUnitPoolExecutor& operator=(const TransientUnitPoolExecutor&) = delete;
@@ -212,6 +226,13 @@ public:
     // every task has finished and the workers have exited (the unit itself is stopped by the destructor).
     void shutdown(bool wait = true, bool cancel_pending = false) { core_.shutdown(wait, cancel_pending); }
 
+    // Ends the workers now, like Python's terminate_workers() / kill_workers(): every unfinished future fails with
+    // TaskCancelled, and the pool is shut down (submit() throws StateError). terminate_workers sends SIGTERM and
+    // SIGKILL after `grace`; kill_workers sends SIGKILL (which also ends a stopped worker). Return once the
+    // workers are gone; the unit itself is stopped by the destructor.
+    void terminate_workers(std::chrono::milliseconds grace = std::chrono::seconds(1)) { core_.end_workers(grace); }
+    void kill_workers() { core_.end_workers(std::nullopt); }
+
     const Unit& unit() const { return core_.unit(); }
     std::vector<pid_t> worker_pids() const { return core_.worker_pids(); }
     std::size_t max_workers() const noexcept { return core_.max_workers(); }
@@ -235,9 +256,13 @@ private:
                     } else {
                         promise->set_value(detail::decode_reply<R>(reply, limits));
                     }
+                } catch (const ProtocolError&) {
+                    promise->set_exception(std::current_exception());
+                    return false;
                 } catch (...) {
                     promise->set_exception(std::current_exception());
                 }
+                return true;
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};

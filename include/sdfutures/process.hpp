@@ -87,9 +87,12 @@ public:
 
 private:
     void finish();
+    void reap();
     void abandon_child() noexcept;
     void stop_unit() noexcept;
+    void close_all() noexcept;
     bool read_available();
+    std::optional<std::string> next_frame();
 
     Properties properties_;
     ProcessOptions options_;
@@ -101,6 +104,9 @@ private:
     int pidfd_ = -1;
     int reply_fd_ = -1;
     int anchor_fd_ = -1;  // write end of the unit main process's stdin: the owner's lifeline
+    int report_fd_ = -1;  // the reaper's reports: the child's pid and pidfd, then its wait status
+    int reaper_pidfd_ = -1;
+    std::optional<std::string> channel_error_;  // what was wrong with the child's channel, once it broke
     bool reply_eof_ = false;
     FrameReader reader_;
     std::optional<std::string> reply_;

@@ -1,0 +1,19 @@
+#pragma once
+// How a pool's workers come to be, like multiprocessing's start methods.
+
+namespace sdfutures {
+
+enum class StartMethod {
+    // Workers forked by a fork server that is forked from the owner when the pool is constructed (the default).
+    // Like any fork of a running program, the fork server copies only the constructing thread: a lock another
+    // thread held at that moment (the user's own mutex, or an allocator without fork protection such as
+    // AddressSanitizer's) stays locked in it and in every worker.
+    fork,
+    // Workers forked by a fork server that comes from a zygote sdfutures::init() forked at the start of main(),
+    // while the program was single-threaded: no lock of a later thread, none of the memory the owner allocated
+    // later (keys, tokens, other users' data). Needs sdfutures::init(argc, argv) first in main(), and an
+    // initializer (if any) that is a plain function pointer.
+    forkserver,
+};
+
+}  // namespace sdfutures

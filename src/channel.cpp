@@ -1,0 +1,151 @@
+#include "channel.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include "sdfutures/error.hpp"
+
+namespace sdfutures::detail {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "the record header is written as the machine's words");
+
+struct RecordHeader {
+    std::uint64_t id;
+    std::uint64_t total;
+};
+static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
+
+[[noreturn]] void broken(const std::string& what) { throw ProtocolError("the worker's channel: " + what); }
+
+// Sends the record of `body` that starts at `offset`. Returns the body bytes it carried, or -1 with errno.
+ssize_t send_record(int fd, std::uint64_t id, std::string_view body, std::size_t offset, int flags) noexcept {
+    RecordHeader header{id, body.size()};
+    const std::size_t length = std::min(body.size() - offset, kRecordBodyBytes);
+    iovec parts[2] = {{&header, sizeof header}, {const_cast<char*>(body.data() + offset), length}};
+    msghdr msg{};
+    msg.msg_iov = parts;
+    msg.msg_iovlen = 2;
+    ssize_t n;
+    do n = ::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    return static_cast<ssize_t>(length);  // a SOCK_SEQPACKET record is sent whole or not at all
+}
+
+}  // namespace
+
+MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
+    RecordHeader header{};
+    iovec parts[2] = {{&header, sizeof header}, {}};
+    if (in_message_) {  // straight into the message's own buffer: a large body is never copied
+        parts[1] = {partial_.body.data() + received_, std::min(partial_.body.size() - received_, kRecordBodyBytes)};
+    } else {
+        if (!staging_) staging_.reset(new char[kRecordBodyBytes]);
+        parts[1] = {staging_.get(), kRecordBodyBytes};
+    }
+    msghdr msg{};
+    msg.msg_iov = parts;
+    msg.msg_iovlen = 2;
+    ssize_t n;
+    // Descriptors a worker sends along are not wanted: without a control buffer the kernel closes them.
+    // ECONNRESET: the peer ended with messages of ours unread. The kernel reports that once, before the records the
+    // peer sent while it lived, which are still to be read (its last replies among them).
+    do n = ::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
+    while (n < 0 && (errno == EINTR || errno == ECONNRESET));
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return Got::nothing;
+        throw Error("reading the worker's channel: " + errno_text(errno));
+    }
+    if (n == 0) {
+        // End of stream and an empty record both read as 0 bytes; only the first comes with a hang-up.
+        pollfd hangup{fd, POLLRDHUP, 0};
+        if (::poll(&hangup, 1, 0) == 1 && (hangup.revents & (POLLHUP | POLLRDHUP))) return Got::end;
+        broken("an empty record (every record has a 16-byte header)");
+    }
+    const auto length = static_cast<std::size_t>(n);
+    if (msg.msg_flags & MSG_TRUNC)
+        broken(in_message_ ? "a record whose body runs past the " + std::to_string(partial_.body.size()) +
+                                 "-byte message it belongs to"
+                           : "a record larger than " + std::to_string(kRecordHeaderBytes + kRecordBodyBytes) + " bytes");
+    if (length < kRecordHeaderBytes)
+        broken("a record of " + std::to_string(length) + " bytes, shorter than its 16-byte header");
+    const std::size_t body = length - kRecordHeaderBytes;
+    if (!in_message_) {
+        if (header.total > max_message_bytes_)
+            broken("a message of " + std::to_string(header.total) + " bytes, more than the limit of " +
+                   std::to_string(max_message_bytes_) + " (max_result_bytes)");
+        if (body > header.total)
+            broken("a record of " + std::to_string(body) + " body bytes in a message of " +
+                   std::to_string(header.total));
+        partial_.id = header.id;
+        partial_.body = MessageBody(static_cast<std::size_t>(header.total));
+        if (body) std::memcpy(partial_.body.data(), staging_.get(), body);
+        received_ = body;
+        in_message_ = true;
+    } else {
+        if (header.id != partial_.id || header.total != partial_.body.size())
+            broken("a record of message " + std::to_string(header.id) + " (" + std::to_string(header.total) +
+                   " bytes) while message " + std::to_string(partial_.id) + " had " + std::to_string(received_) +
+                   " of its " + std::to_string(partial_.body.size()) + " bytes");
+        received_ += body;
+    }
+    if (received_ < partial_.body.size()) return Got::partial;
+    in_message_ = false;
+    received_ = 0;
+    complete_ = std::move(partial_);
+    partial_ = Message{};
+    return Got::message;
+}
+
+bool send_message(int fd, std::uint64_t id, std::string_view body) noexcept {
+    std::size_t offset = 0;
+    do {
+        ssize_t sent = send_record(fd, id, body, offset, 0);
+        if (sent < 0) return false;
+        offset += static_cast<std::size_t>(sent);
+    } while (offset < body.size());
+    return true;
+}
+
+bool receive_message(int fd, MessageReader& reader, Message& out) {
+    for (;;) {
+        MessageReader::Got got;
+        try {
+            got = reader.read_record(fd, false);
+        } catch (const ProtocolError&) {
+            throw;
+        } catch (const Error&) {
+            return false;
+        }
+        if (got == MessageReader::Got::end) return false;
+        if (got == MessageReader::Got::message) {
+            out = reader.take();
+            return true;
+        }
+    }
+}
+
+void MessageWriter::queue(std::uint64_t id, std::string body) { queue_.push_back({id, std::move(body)}); }
+
+MessageWriter::Sent MessageWriter::flush(int fd) noexcept {
+    while (!queue_.empty()) {
+        Pending& front = queue_.front();
+        ssize_t sent = send_record(fd, front.id, front.body, offset_, MSG_DONTWAIT);
+        if (sent < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Sent::blocked : Sent::broken;
+        offset_ += static_cast<std::size_t>(sent);
+        if (offset_ >= front.body.size()) {
+            queue_.pop_front();
+            offset_ = 0;
+        }
+    }
+    return Sent::all;
+}
+
+}  // namespace sdfutures::detail

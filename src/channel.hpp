@@ -1,0 +1,115 @@
+#pragma once
+// The pool's channel between the owner and a worker: messages over a SOCK_SEQPACKET socket pair, each message
+// split into records. Private to the library.
+//
+// Why records and not a byte stream: whatever runs in a worker may write to the channel's descriptor itself. On a
+// stream, a task that wrote half a frame and returned would have the library's own reply swallowed into that half
+// frame, and the owner would wait forever for bytes nobody sends. The kernel keeps SOCK_SEQPACKET records apart,
+// so every write a task makes is a record of its own, and the library's reply that follows cannot merge with it:
+// the owner sees a record that breaks the layout, or a message that does not decode, or one with the wrong id —
+// and in each case kills that worker at once (see pool.cpp).
+//
+// Layout (little-endian):
+//
+//     record  := header body
+//     header  := id total          16 bytes
+//     id      := u64               the message's id: the task it carries or answers; 0 for bootstrap messages
+//     total   := u64               the whole message's body size, the same in each of its records
+//     body    := 0 .. kRecordBodyBytes bytes, the next part of the message's body
+//
+// A message is the records with one id, in order, until their bodies add up to `total` (a message of 0 bytes is
+// one record with an empty body). Records of two messages never interleave. The message bodies are those of
+// wire.hpp: task messages [invoker, function, arguments] owner → worker; reply payloads worker → owner, whose id
+// is that of the task they answer.
+//
+// Bootstrap on the same channel, before any task: the owner's release message (id 0, body: the unit's main pid
+// as a 4-byte pid_t) lets the worker enter the unit; the worker answers with a reply payload (id 0): void for
+// "entered and initialized", or the setup failure.
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace sdfutures::detail {
+
+inline constexpr std::size_t kRecordHeaderBytes = 16;
+// Well inside the default socket send buffer (net.core.wmem_default, 208 KiB), which a record must fit whole.
+inline constexpr std::size_t kRecordBodyBytes = 64u << 10;
+
+// A received message's body: uninitialized memory filled by recvmsg(2), so a 64 MiB reply is not zeroed first.
+class MessageBody {
+public:
+    MessageBody() = default;
+    explicit MessageBody(std::size_t size) : data_(size ? new char[size] : nullptr), size_(size) {}
+    char* data() noexcept { return data_.get(); }
+    std::string_view view() const noexcept { return {data_.get(), size_}; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::unique_ptr<char[]> data_;
+    std::size_t size_ = 0;
+};
+
+struct Message {
+    std::uint64_t id = 0;
+    MessageBody body;
+};
+
+// Reassembles messages from records. Every check a hostile sender could fail throws ProtocolError saying what
+// was wrong; after one, the channel cannot be trusted and the reader must not be used again.
+class MessageReader {
+public:
+    explicit MessageReader(std::size_t max_message_bytes) : max_message_bytes_(max_message_bytes) {}
+
+    enum class Got { message, partial, nothing, end };
+    // One recvmsg(2) (MSG_DONTWAIT when `nonblocking`): `message` when that record completed a message (take it
+    // with take()), `partial` when it did not, `nothing` when no record was there (EAGAIN), `end` at end of
+    // stream. Throws ProtocolError (a broken record) or Error (recvmsg failed otherwise).
+    Got read_record(int fd, bool nonblocking);
+    Message take() noexcept { return std::move(complete_); }
+    // True while part of a message has arrived: at end of stream, the peer stopped in the middle of one.
+    bool mid_message() const noexcept { return in_message_; }
+
+private:
+    std::size_t max_message_bytes_;
+    bool in_message_ = false;
+    std::uint64_t id_ = 0;
+    std::size_t received_ = 0;
+    Message partial_;
+    Message complete_;
+    std::unique_ptr<char[]> staging_;
+};
+
+// Sends one message, record by record, blocking. False with errno set when the socket fails (the peer is gone).
+bool send_message(int fd, std::uint64_t id, std::string_view body) noexcept;
+
+// Blocking: reads records until a whole message has arrived. False at end of stream (or on a failing read);
+// throws ProtocolError for a broken record.
+bool receive_message(int fd, MessageReader& reader, Message& out);
+
+// The owner's side of sending: messages queued in order and sent as the socket takes them, never blocking.
+class MessageWriter {
+public:
+    void queue(std::uint64_t id, std::string body);
+    enum class Sent { all, blocked, broken };
+    // Sends records until the queue is empty (`all`), the socket is full (`blocked`: wait for POLLOUT), or the
+    // socket failed (`broken`: the peer is gone; errno says why).
+    Sent flush(int fd) noexcept;
+    bool empty() const noexcept { return queue_.empty(); }
+    void clear() noexcept { queue_.clear(), offset_ = 0; }
+
+private:
+    struct Pending {
+        std::uint64_t id;
+        std::string body;
+    };
+    std::deque<Pending> queue_;
+    std::size_t offset_ = 0;  // bytes of the front message's body already sent
+};
+
+}  // namespace sdfutures::detail
