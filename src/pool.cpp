@@ -25,6 +25,7 @@
 #include "fd_util.hpp"
 #include "fork_server.hpp"
 #include "pool_bus.hpp"
+#include "zygote.hpp"
 #include "sdfutures/manager.hpp"
 
 namespace sdfutures {
@@ -217,6 +218,8 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     bus = options.bus ? *options.bus : Bus::automatic();
     unit.emplace(*bus, options.unit_name);
     require_support(*bus, properties);
+    const WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
+    if (options.start_method == StartMethod::forkserver) check_zygote_can_serve(config);
     id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
 
     int anchor_pipe[2];
@@ -237,7 +240,6 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
         main_pid = verified_main_pid(*unit);
         control_group = unit->control_group();
         oom_kills_seen = oom_kill_count(control_group);
-        WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
         server = start_fork_server(config, options.start_method);
         request_spawn(target_workers);
         spawn_initial_workers();

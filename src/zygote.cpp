@@ -113,21 +113,25 @@ void fork_one_server(const ZygoteRequest& request) {
 
 }  // namespace
 
-ForkServer fork_server_from_zygote(const WorkerConfig& config) {
-    ZygoteHandle& z = zygote();
-    ZygoteRequest request{config.limits.max_frame_bytes, config.limits.max_depth, config.max_tasks, 0,
-                          config.keep_stdio ? 1u : 0u};
+void check_zygote_can_serve(const WorkerConfig& config) {
     if (config.initializer) {
         auto* function = config.initializer.target<void (*)()>();
         if (!function || !*function)
             throw StateError("StartMethod::forkserver needs PoolOptions::initializer to be a plain function pointer "
                              "(the zygote was forked before this closure existed)");
-        request.initializer = reinterpret_cast<std::uint64_t>(*function);
     }
-    std::lock_guard lock(z.mutex);
-    if (!z.socket || z.owner != ::getpid())
+    if (zygote_pid() <= 0)
         throw StateError("StartMethod::forkserver needs sdfutures::init(argc, argv) to be called first in main(), "
                          "while the program is single-threaded");
+}
+
+ForkServer fork_server_from_zygote(const WorkerConfig& config) {
+    check_zygote_can_serve(config);
+    ZygoteHandle& z = zygote();
+    ZygoteRequest request{config.limits.max_frame_bytes, config.limits.max_depth, config.max_tasks, 0,
+                          config.keep_stdio ? 1u : 0u};
+    if (config.initializer) request.initializer = reinterpret_cast<std::uint64_t>(*config.initializer.target<void (*)()>());
+    std::lock_guard lock(z.mutex);
     if (!send_with_fds(z.socket.get(), &request, sizeof request))
         throw Error("the sdfutures zygote (pid " + std::to_string(z.pid) + ") does not answer: " + errno_text(errno));
     ZygoteReply reply{};

@@ -13,7 +13,10 @@
 
 namespace sdfutures::detail {
 
-// Throws StateError when init() was not called, Error when the zygote cannot fork a server.
+// Throws StateError naming what to change when init() was not called or the initializer is a closure.
+void check_zygote_can_serve(const WorkerConfig& config);
+
+// Throws as check_zygote_can_serve, and Error when the zygote cannot fork a server.
 ForkServer fork_server_from_zygote(const WorkerConfig& config);
 
 // The zygote's pid, or -1 before init().

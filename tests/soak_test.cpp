@@ -183,7 +183,7 @@ Tally run_pool_round(int pool_index, int round) {
     std::string unit_name, cgroup;
     {
         auto owned = std::make_unique<TransientUnitPoolExecutor>(
-            Properties{{"MemoryMax", "64M"}}, PoolOptions{.max_workers = 2, .task_timeout = kTaskTimeout});
+            Properties{{"MemoryMax", "64M"}}, PoolOptions{.max_workers = 2, .task_timeout = kTaskTimeout, .start_method = StartMethod::forkserver});
         auto& pool = *owned;
         unit_name = pool.unit().name();
         cgroup = pool.unit().control_group();

@@ -11,6 +11,8 @@ extern "C" const char* __lsan_default_suppressions() { return "leak:sd_bus_new\n
 int main(int argc, char** argv) {
     // Before GoogleTest parses anything, so that a re-run under with-systemd sees the original arguments.
     sdfutures::testing::ensure_manager(argc, argv);
+    // The zygote of StartMethod::forkserver, forked while this binary is still single-threaded.
+    sdfutures::init(argc, argv);
     ::testing::InitGoogleTest(&argc, argv);
     return RUN_ALL_TESTS();
 }

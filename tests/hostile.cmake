@@ -1,0 +1,1 @@
+sdfutures_add_test(hostile_test hostile_test.cpp TIMEOUT 600)
