@@ -198,6 +198,7 @@ struct PoolCore::Impl {
     void requeue_window(Worker& w);
     void fail_dead_workers_task(Worker& w);
     void break_pool(const std::exception_ptr& error, int signo = SIGKILL);
+    void fail_queued_tasks(const std::exception_ptr& error);
     void request_spawn(std::size_t n);
     void replace_workers();
     void update_pids();
@@ -384,7 +385,9 @@ void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exce
     task_finished();
 }
 
-void PoolCore::Impl::break_pool(const std::exception_ptr& error, int signo) {
+// The pool can take on no more workers: tasks not started fail with `error` and submit() throws it, while those
+// running finish on the workers there are.
+void PoolCore::Impl::fail_queued_tasks(const std::exception_ptr& error) {
     std::deque<std::shared_ptr<TaskState>> queued;
     {
         std::lock_guard lock(mutex);
@@ -393,6 +396,12 @@ void PoolCore::Impl::break_pool(const std::exception_ptr& error, int signo) {
         queued.swap(queue);
     }
     for (auto& task : queued) fail_task(task, error);
+}
+
+// The pool cannot go on (its unit stopped, its fork server died, ...): every unfinished task fails with `error`,
+// every worker is ended with `signo`, and submit() throws `error` from now on.
+void PoolCore::Impl::break_pool(const std::exception_ptr& error, int signo) {
+    fail_queued_tasks(error);
     for (auto& w : workers) {
         for (auto& task : w->in_flight) fail_task(task, error);
         w->in_flight.clear();
@@ -420,11 +429,20 @@ void PoolCore::Impl::condemn(Worker& w, const std::exception_ptr& error_for_head
 }
 
 void PoolCore::Impl::requeue_window(Worker& w) {
-    std::lock_guard lock(mutex);
-    for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
-        int expected = TaskState::sent;
-        if ((*it)->status.compare_exchange_strong(expected, TaskState::queued)) queue.push_front(std::move(*it));
+    std::exception_ptr error;
+    {
+        std::lock_guard lock(mutex);
+        error = broken;
+        if (!error) {
+            for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
+                int expected = TaskState::sent;
+                if ((*it)->status.compare_exchange_strong(expected, TaskState::queued)) queue.push_front(std::move(*it));
+            }
+        }
     }
+    // A broken pool takes no task back: nothing would run it.
+    if (error)
+        for (auto& task : w.in_flight) fail_task(task, error);
     w.in_flight.clear();
 }
 
@@ -480,7 +498,7 @@ void PoolCore::Impl::handle_server_events() {
             try {
                 worker = new_worker(event.pid, passed, dropped);
             } catch (const Error&) {
-                break_pool(std::current_exception());
+                fail_queued_tasks(std::current_exception());
                 continue;
             }
             workers.push_back(std::move(worker));
@@ -500,7 +518,8 @@ void PoolCore::Impl::handle_server_events() {
             }
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             --spawning;
-            break_pool(std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
+            fail_queued_tasks(
+                std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
         } else if (event.kind == ForkServerEvent::exited) {
             for (auto& w : workers) {
                 if (w->pid != event.pid) continue;
