@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/close_range.h>
 #include <sched.h>
 #include <signal.h>
@@ -18,13 +19,16 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 namespace sdfutures::detail {
 namespace {
 
-// The order systemd's own exec_child follows: the steps that need privileges (namespaces, rlimits, nice)
-// come before credentials are dropped; umask, environment and working directory after.
+// The order systemd's own exec_child follows: descriptors are closed first, before anything else is opened; the
+// steps that need privileges (namespaces, rlimits, nice) come before credentials are dropped; umask, environment
+// and working directory after. Like exec_child, entry opens nothing once the unit's rlimits are applied: a soft
+// RLIMIT_NOFILE as low as the unit's may be would refuse it.
 
 bool fail(EntryFailure& failure, std::string step, int err, std::string detail) {
     failure.step = std::move(step);
@@ -63,6 +67,44 @@ std::vector<unsigned long> numbers(const std::string& text, int base = 10) {
     return out;
 }
 
+// A descriptor entry opens for itself, closed on every way out.
+class OwnFd {
+public:
+    explicit OwnFd(int fd) : fd_(fd) {}
+    ~OwnFd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    OwnFd(OwnFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    OwnFd(const OwnFd&) = delete;
+    OwnFd& operator=(const OwnFd&) = delete;
+    OwnFd& operator=(OwnFd&&) = delete;
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+// What entry copies from the unit's main process, read in one go while entry may still open files: before the
+// namespaces change (the unit's mount namespace may not show the old /proc paths) and before the unit's rlimits
+// apply. Only the working directory is read later, in the unit's mount namespace, as a link (no descriptor).
+struct MainProcess {
+    std::string status;       // /proc/PID/status: seccomp, credentials, capabilities, NoNewPrivs, umask
+    std::string limits;       // /proc/PID/limits
+    std::string stat;         // /proc/PID/stat: nice
+    std::string environment;  // /proc/PID/environ
+};
+
+bool read_main_process(const EntryRequest& r, MainProcess& unit_main, EntryFailure& failure) {
+    if (!read_whole(proc_path(r.main_pid, "status"), unit_main.status))
+        return fail(failure, "read the unit's main process", errno, proc_path(r.main_pid, "status"));
+    if (!read_whole(proc_path(r.main_pid, "limits"), unit_main.limits))
+        return fail(failure, "read rlimits", errno, "limits");
+    if (!read_whole(proc_path(r.main_pid, "stat"), unit_main.stat)) return fail(failure, "read nice", errno, "stat");
+    if (!read_whole(proc_path(r.main_pid, "environ"), unit_main.environment))
+        return fail(failure, "read Environment=", errno, "environ of the unit's main process");
+    return true;
+}
+
 ino_t ns_inode(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
@@ -73,7 +115,7 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
     static constexpr std::array<std::pair<const char*, int>, 4> kinds{
         {{"net", CLONE_NEWNET}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"mnt", CLONE_NEWNS}}};
     struct Join {
-        int fd;
+        OwnFd fd;
         int type;
         const char* name;
     };
@@ -84,22 +126,21 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
         ino_t their_ino = ns_inode(theirs);
         if (their_ino == 0) return fail(failure, std::string("inspect namespace ") + name, errno, theirs);
         if (their_ino == ns_inode(ours)) continue;
-        int fd = ::open(theirs.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return fail(failure, std::string("open namespace ") + name, errno, theirs);
-        to_join.push_back({fd, type, name});
+        OwnFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
+        if (fd.get() < 0) return fail(failure, std::string("open namespace ") + name, errno, theirs);
+        to_join.push_back({std::move(fd), type, name});
     }
     for (const auto& j : to_join) {
         // The type makes the kernel check that the descriptor is that kind of namespace.
-        if (::setns(j.fd, j.type) != 0) {
+        if (::setns(j.fd.get(), j.type) != 0) {
             int err = errno;
-            for (const auto& k : to_join) ::close(k.fd);
             return fail(failure, std::string("join namespace ") + j.name, err,
                         ::geteuid() == 0 ? "setns to the unit's main process's namespace"
                                          : "setns to the unit's main process's namespace, which a non-root process "
                                            "cannot join: the owner must share its user manager's namespaces");
         }
     }
-    for (const auto& j : to_join) ::close(j.fd);
+    to_join.clear();
     for (auto [name, type] : kinds) {
         (void)type;
         if (ns_inode(std::string("/proc/self/ns/") + name) != ns_inode(proc_path(r.main_pid, "ns/") + name))
@@ -110,10 +151,8 @@ bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
 
 // /proc/PID/limits rather than prlimit(2): reading another user's limits with prlimit needs CAP_SYS_RESOURCE,
 // which sandboxes (and this project's CI) may withhold even from root. The file lists RLIMIT_* in order.
-bool copy_rlimits(const EntryRequest& r, EntryFailure& failure) {
-    std::string text;
-    if (!read_whole(proc_path(r.main_pid, "limits"), text)) return fail(failure, "read rlimits", errno, "limits");
-    std::istringstream lines(text);
+bool copy_rlimits(const MainProcess& unit_main, EntryFailure& failure) {
+    std::istringstream lines(unit_main.limits);
     std::string line;
     std::getline(lines, line);  // the header
     constexpr size_t kNameWidth = 26;
@@ -140,12 +179,12 @@ bool copy_rlimits(const EntryRequest& r, EntryFailure& failure) {
     return true;
 }
 
-bool copy_nice(const EntryRequest& r, EntryFailure& failure) {
-    std::string stat;
-    if (!read_whole(proc_path(r.main_pid, "stat"), stat)) return fail(failure, "read nice", errno, "stat");
+bool copy_nice(const MainProcess& unit_main, EntryFailure& failure) {
     // Fields after the command name, which is in parentheses and may contain spaces.
-    auto close = stat.rfind(')');
-    std::istringstream in(stat.substr(close + 2));
+    auto close = unit_main.stat.rfind(')');
+    if (close == std::string::npos || close + 2 > unit_main.stat.size())
+        return fail(failure, "read nice", 0, "malformed stat: " + unit_main.stat);
+    std::istringstream in(unit_main.stat.substr(close + 2));
     std::string field;
     long nice = 0;
     for (int i = 3; i <= 19 && in >> field; ++i)
@@ -220,19 +259,20 @@ bool take_credentials(const std::string& status, EntryFailure& failure) {
         // Nothing may remain that lets user code become root again.
         if (::setuid(0) == 0 || ::setgid(0) == 0 || ::seteuid(0) == 0)
             return fail(failure, "verify credentials", 0, "could regain root after dropping it");
-        std::string now;
-        read_whole("/proc/self/status", now);
-        if (std::strtoull(status_field(now, "CapEff").c_str(), nullptr, 16) != 0 ||
-            std::strtoull(status_field(now, "CapPrm").c_str(), nullptr, 16) != 0)
-            return fail(failure, "verify credentials", 0, "capabilities remain after dropping root");
+        // capget(2), not /proc/self/status: the unit's rlimits apply already, and opening a file could fail.
+        __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+        std::array<__user_cap_data_struct, _LINUX_CAPABILITY_U32S_3> caps{};
+        if (::syscall(SYS_capget, &header, caps.data()) != 0)
+            return fail(failure, "verify credentials", errno, "capget");
+        for (const auto& set : caps)
+            if (set.effective != 0 || set.permitted != 0)
+                return fail(failure, "verify credentials", 0, "capabilities remain after dropping root");
     }
     return true;
 }
 
-bool copy_environment(const EntryRequest& r, EntryFailure& failure) {
-    std::string environ_block;
-    if (!read_whole(proc_path(r.main_pid, "environ"), environ_block))
-        return fail(failure, "read Environment=", errno, "environ of the unit's main process");
+void copy_environment(const MainProcess& unit_main) {
+    const std::string& environ_block = unit_main.environment;
     ::clearenv();  // NOLINT(concurrency-mt-unsafe): the child after fork() has one thread
     size_t start = 0;
     while (start < environ_block.size()) {
@@ -244,7 +284,6 @@ bool copy_environment(const EntryRequest& r, EntryFailure& failure) {
             ::setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
         start = end + 1;
     }
-    return true;
 }
 
 bool set_death_signal(const EntryRequest& r, EntryFailure& failure) {
@@ -254,6 +293,10 @@ bool set_death_signal(const EntryRequest& r, EntryFailure& failure) {
     return true;
 }
 
+// Everything the child inherited from its owner but the library's channel (which becomes fd 3) is closed, and
+// stdin, stdout and stderr are replaced by /dev/null (stdout and stderr kept with keep_stdio). First of all, as in
+// exec_child: an owner may hold thousands of descriptors, numbered far past the soft RLIMIT_NOFILE of the unit,
+// and every open() of entry would fail with EMFILE under that limit while they were still open.
 bool close_inherited_fds(const EntryRequest& r, EntryFailure& failure) {
     if (r.keep_fd != kEnteredPipeFd) {
         if (::dup2(r.keep_fd, kEnteredPipeFd) < 0) return fail(failure, "close inherited descriptors", errno, "dup2");
@@ -276,18 +319,20 @@ bool close_inherited_fds(const EntryRequest& r, EntryFailure& failure) {
 }  // namespace
 
 bool enter_unit(const EntryRequest& r, EntryFailure& failure) {
-    std::string status;
-    if (!read_whole(proc_path(r.main_pid, "status"), status))
-        return fail(failure, "read the unit's main process", errno, proc_path(r.main_pid, "status"));
-    if (std::strtol(status_field(status, "Seccomp").c_str(), nullptr, 10) != 0)
+    // From here on the channel is fd 3 and nothing of the owner's is open: each file entry opens is the lowest
+    // free descriptor, 4, and is closed again before the next.
+    if (!close_inherited_fds(r, failure)) return false;
+    MainProcess unit_main;
+    if (!read_main_process(r, unit_main, failure)) return false;
+    if (std::strtol(status_field(unit_main.status, "Seccomp").c_str(), nullptr, 10) != 0)
         return fail(failure, "check seccomp", 0,
                     "the unit's main process runs under a seccomp filter, which cannot be copied to a forked "
                     "process (a property such as SystemCallFilter= or one that implies it); use Command");
-    // Opened before the namespaces change: the unit's mount namespace may not show the old /proc paths.
     if (!join_namespaces(r, failure)) return false;
-    if (!copy_rlimits(r, failure)) return false;
-    if (!copy_nice(r, failure)) return false;
-    if (!copy_environment(r, failure)) return false;
+    // Nothing is opened from here on: the unit's RLIMIT_NOFILE applies now.
+    if (!copy_rlimits(unit_main, failure)) return false;
+    if (!copy_nice(unit_main, failure)) return false;
+    copy_environment(unit_main);
     std::string cwd;
     {
         char buf[4096];
@@ -295,14 +340,13 @@ bool enter_unit(const EntryRequest& r, EntryFailure& failure) {
         if (n < 0) return fail(failure, "read WorkingDirectory=", errno, "cwd of the unit's main process");
         cwd.assign(buf, static_cast<size_t>(n));
     }
-    if (!drop_bounding_set(status, failure)) return false;
-    if (!take_credentials(status, failure)) return false;
-    if (status_field(status, "NoNewPrivs") == "1" && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    if (!drop_bounding_set(unit_main.status, failure)) return false;
+    if (!take_credentials(unit_main.status, failure)) return false;
+    if (status_field(unit_main.status, "NoNewPrivs") == "1" && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail(failure, "apply NoNewPrivileges=", errno, "prctl");
-    ::umask(static_cast<mode_t>(std::strtoul(status_field(status, "Umask").c_str(), nullptr, 8)));
+    ::umask(static_cast<mode_t>(std::strtoul(status_field(unit_main.status, "Umask").c_str(), nullptr, 8)));
     // As the target user, as systemd does, so a directory root may enter but the user may not is refused.
     if (::chdir(cwd.c_str()) != 0) return fail(failure, "apply WorkingDirectory=", errno, cwd);
-    if (!close_inherited_fds(r, failure)) return false;
     // Changing credentials cleared the parent-death signal: arm it again.
     return set_death_signal(r, failure);
 }

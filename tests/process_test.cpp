@@ -359,7 +359,7 @@ TEST_F(ProcessTest, AKilledOwnerLeavesNoUnitAndNoProcessAfterTwoSeconds) {
 
     testing::kill_owner(owner);
     bool unit_gone = manager().wait_unit_gone(owner.unit, 2s);
-    auto alive = testing::wait_orphans_gone(owner.workers, 2s);
+    auto alive = testing::wait_orphans_gone(owner, 2s);
     EXPECT_TRUE(unit_gone) << owner.unit << " still loaded 2 s after its owner was killed";
     EXPECT_TRUE(alive.empty()) << "the child is still alive 2 s after its owner was killed";
 }

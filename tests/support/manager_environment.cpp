@@ -127,19 +127,6 @@ std::set<std::string> sdfutures_cgroup_dirs(const std::string& root) {
     return dirs;
 }
 
-std::set<pid_t> own_children() {
-    std::set<pid_t> children;
-    DIR* d = ::opendir("/proc/self/task");
-    if (!d) return children;
-    while (dirent* e = ::readdir(d)) {
-        if (e->d_name[0] == '.') continue;
-        std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
-        for (pid_t pid; in >> pid;) children.insert(pid);
-    }
-    ::closedir(d);
-    return children;
-}
-
 char process_state(pid_t pid) {
     std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
     auto paren = stat.rfind(')');
@@ -178,6 +165,19 @@ void warm_up_once() {
 }
 
 }  // namespace
+
+std::set<pid_t> own_children() {
+    std::set<pid_t> children;
+    DIR* d = ::opendir("/proc/self/task");
+    if (!d) return children;
+    while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
+        for (pid_t pid; in >> pid;) children.insert(pid);
+    }
+    ::closedir(d);
+    return children;
+}
 
 std::string tracking_hierarchy() {
     return detect_cgroup_layout() == CgroupLayout::unified ? "/sys/fs/cgroup" : "/sys/fs/cgroup/systemd";

@@ -71,6 +71,10 @@ private:
 // OOM killer, not swap, on every layout of a machine without swap, and on unified ones with it.
 Properties memory_max_without_swap(const std::string& max);
 
+// This process's children, running or zombies, whichever of its threads they belong to (a child re-parented to
+// a subreaper goes to one of its threads).
+std::set<pid_t> own_children();
+
 // Reads a whole file, for /proc and /sys checks.
 std::string read_file(const std::string& path);
 // The cgroup path of `pid` in the name=systemd (v1) or unified hierarchy, as in /proc/PID/cgroup.
