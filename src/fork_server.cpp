@@ -54,9 +54,7 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
 
     EntryFailure failure;
     if (!enter_unit(EntryRequest{main_pid, server, socket, config.keep_stdio}, failure)) {
-        // Before the descriptor step the channel is where it was; after it, at kEnteredPipeFd.
-        report_setup_failure(::fcntl(socket, F_GETFD) >= 0 ? socket : kEnteredPipeFd, failure.step,
-                             failure.error_number, failure.detail);
+        report_setup_failure(failure.channel_fd, failure.step, failure.error_number, failure.detail);
     }
     const int fd = kEnteredPipeFd;
     if (config.initializer) {

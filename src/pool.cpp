@@ -506,7 +506,7 @@ void PoolCore::Impl::handle_server_events() {
             bool is_broken;
             {
                 std::lock_guard lock(mutex);
-                is_broken = broken != nullptr || retire;
+                is_broken = broken != nullptr || (retire && queue.empty() && unfinished == 0);
             }
             if (is_broken) {
                 w.condemned = true;
@@ -767,7 +767,8 @@ void PoolCore::Impl::replace_workers() {
     bool replace;
     {
         std::lock_guard lock(mutex);
-        replace = !broken && !retire && server_alive;
+        // A retiring pool still finishes what it was given: a worker lost on the way is replaced while tasks remain.
+        replace = !broken && server_alive && (!retire || !queue.empty() || unfinished > 0);
     }
     std::size_t live = live_workers() + spawning;
     if (replace && live < target_workers) {
@@ -963,8 +964,16 @@ void PoolCore::shutdown(bool wait, bool cancel_pending) {
         impl_->accepting = false;
         if (cancel_pending) pending = impl_->queue;
     }
-    for (auto& task : pending)
-        if (task->status.load() == TaskState::queued) cancel(task);
+    // Only tasks still queued: one the dispatcher sends meanwhile runs to its end, as a started task does.
+    for (auto& task : pending) {
+        int expected = TaskState::queued;
+        if (!task->status.compare_exchange_strong(expected, TaskState::resolved)) continue;
+        try {
+            task->submission.fail(std::make_exception_ptr(TaskCancelled("the task was cancelled before it started")));
+        } catch (...) {
+        }
+        impl_->task_finished();
+    }
     if (!wait) return;
     {
         std::lock_guard lock(impl_->mutex);

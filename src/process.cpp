@@ -316,9 +316,8 @@ void ProcessCore::start(const Body& body) {
         EntryFailure failure;
         EntryRequest request{main_pid, parent, child_reply, options_.keep_stdio};
         if (!enter_unit(request, failure)) {
-            // Before the descriptor step the pipe is where it was; after it, at kEnteredPipeFd.
-            int fd = ::fcntl(child_reply, F_GETFD) >= 0 ? child_reply : kEnteredPipeFd;
-            write_reply_frame(fd, encode_setup_failure(failure.step, failure.error_number, failure.detail));
+            write_reply_frame(failure.channel_fd,
+                              encode_setup_failure(failure.step, failure.error_number, failure.detail));
             ::_exit(125);
         }
         write_reply_frame(kEnteredPipeFd, encode_void_reply());  // "entered": start() may return

@@ -321,7 +321,9 @@ bool close_inherited_fds(const EntryRequest& r, EntryFailure& failure) {
 bool enter_unit(const EntryRequest& r, EntryFailure& failure) {
     // From here on the channel is fd 3 and nothing of the owner's is open: each file entry opens is the lowest
     // free descriptor, 4, and is closed again before the next.
+    failure.channel_fd = r.keep_fd;
     if (!close_inherited_fds(r, failure)) return false;
+    failure.channel_fd = kEnteredPipeFd;
     MainProcess unit_main;
     if (!read_main_process(r, unit_main, failure)) return false;
     if (std::strtol(status_field(unit_main.status, "Seccomp").c_str(), nullptr, 10) != 0)

@@ -12,6 +12,7 @@ struct EntryFailure {
     std::string step;    // which step failed, e.g. "join namespace net"
     int error_number = 0;
     std::string detail;  // what was being done
+    int channel_fd = -1;  // where the library's channel is now, to report the failure on
 };
 
 struct EntryRequest {

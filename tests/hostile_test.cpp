@@ -226,6 +226,17 @@ TEST_F(HostileTest, CancellingARunningTaskKillsOnlyItsWorker) {
     EXPECT_FALSE(task.cancel()) << "already finished";
 }
 
+TEST_F(HostileTest, AWorkerLostDuringShutdownIsReplacedUntilEveryTaskHasRun) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+    auto crashed = pool.submit(&crash_segv, 0);
+    std::vector<std::future<int>> queued;
+    for (int i = 0; i < 10; ++i) queued.push_back(pool.submit(&square, i));
+    auto shutdown = std::async(std::launch::async, [&] { pool.shutdown(true); });
+    ASSERT_EQ(shutdown.wait_for(30s), std::future_status::ready) << "shutdown() hangs on the tasks after a crash";
+    EXPECT_THROW(crashed.get(), ProcessDied);
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(queued[i].get(), i * i);
+}
+
 // The owner's SIGCHLD setup, set for one test and restored after it.
 class SigchldTest : public SystemdTest {
 protected:
