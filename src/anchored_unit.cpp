@@ -1,12 +1,19 @@
 #include "anchored_unit.hpp"
 
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <random>
+#include <string_view>
 
 #include "bus_state.hpp"
 #include "sdfutures/error.hpp"
@@ -20,6 +27,134 @@ const char* anchor_program() {
     for (const char* p : {"/usr/bin/cat", "/bin/cat"})
         if (::access(p, X_OK) == 0) return p;
     throw Unsupported("no /usr/bin/cat or /bin/cat: sdfutures needs it as the unit's main process");
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+    return s;
+}
+
+// Whether an assignment turns its feature on: "no" (or "false", ...) does not; a path, a mode or "strict" does.
+bool enables(const std::string& text) {
+    if (text.empty()) return false;
+    try {
+        return parse::boolean("", text);
+    } catch (const PropertyError&) {
+        return true;
+    }
+}
+
+// The last string given for `name` (text, or a typed "s"); nullopt when none was.
+std::optional<std::string> last_string(const Properties& properties, std::string_view name) {
+    std::optional<std::string> out;
+    for (const auto& e : properties.entries()) {
+        if (e.name != name) continue;
+        if (!e.typed) out = std::string(trim(e.text));
+        else if (e.typed->containsValueOfType<std::string>()) out = e.typed->get<std::string>();
+        else out.reset();  // a mistyped value: systemd refuses it itself
+    }
+    return out;
+}
+
+bool dynamic_user(const Properties& properties) {
+    bool dynamic = false;
+    for (const auto& e : properties.entries()) {
+        if (e.name != "DynamicUser") continue;
+        if (!e.typed) dynamic = enables(e.text);
+        else if (e.typed->containsValueOfType<bool>()) dynamic = e.typed->get<bool>();
+    }
+    return dynamic;
+}
+
+std::vector<std::string> supplementary_groups(const Properties& properties) {
+    std::vector<std::string> groups;
+    for (const auto& e : properties.entries()) {
+        if (e.name != "SupplementaryGroups") continue;
+        std::vector<std::string> more;
+        if (!e.typed) more = parse::words(e.name, e.text);
+        else if (e.typed->containsValueOfType<std::vector<std::string>>()) more = e.typed->get<std::vector<std::string>>();
+        if (more.empty()) groups.clear();  // an empty assignment resets the list
+        groups.insert(groups.end(), more.begin(), more.end());
+    }
+    return groups;
+}
+
+bool numeric_id(const std::string& name) {
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+enum class Lookup { found, missing, unknown };
+
+// getpwnam_r/getgrnam_r with a buffer that grows as the entry needs; `unknown` when NSS fails otherwise (a
+// directory service that does not answer, say), which says nothing about the name.
+template <class Entry>
+Lookup look_up(const std::function<int(Entry*, char*, size_t, Entry**)>& get) {
+    std::vector<char> buffer(16384);
+    for (;;) {
+        Entry entry{};
+        Entry* found = nullptr;
+        int r = get(&entry, buffer.data(), buffer.size(), &found);
+        if (r == ERANGE && buffer.size() < (size_t{1} << 22)) {
+            buffer.resize(buffer.size() * 2);
+            continue;
+        }
+        if (r == 0) return found ? Lookup::found : Lookup::missing;
+        return r == ENOENT ? Lookup::missing : Lookup::unknown;
+    }
+}
+
+// systemd resolves these itself, whatever NSS says (src/basic/user-util.c: root and nobody are synthesized;
+// Debian builds name the nobody group "nogroup").
+bool synthesized_by_systemd(const std::string& name) {
+    return name == "root" || name == "nobody" || name == "nogroup";
+}
+
+void check_user(const std::string& user) {
+    if (user.empty() || numeric_id(user) || synthesized_by_systemd(user)) return;
+    auto get = [&](passwd* pw, char* buf, size_t size, passwd** found) {
+        return ::getpwnam_r(user.c_str(), pw, buf, size, found);
+    };
+    if (look_up<passwd>(get) == Lookup::missing)
+        throw PropertyError("User", user, "a user that exists (this machine's user database knows no user '" + user +
+                                              "'; numeric uids are passed to systemd as they are)");
+}
+
+void check_group(const char* property, const std::string& value, const std::string& name) {
+    if (name.empty() || numeric_id(name) || synthesized_by_systemd(name)) return;
+    auto get = [&](group* gr, char* buf, size_t size, group** found) {
+        return ::getgrnam_r(name.c_str(), gr, buf, size, found);
+    };
+    if (look_up<group>(get) == Lookup::missing)
+        throw PropertyError(property, value, "groups that exist (this machine's group database knows no group '" +
+                                                 name + "'; numeric gids are passed to systemd as they are)");
+}
+
+// Properties that give the unit a file system view of its own in which WorkingDirectory= may exist although
+// it does not here: another root, a tmpfs or bind mount at or above it, or a directory systemd creates
+// before it changes into it.
+constexpr std::string_view kOwnFileSystemView[] = {
+    "RootDirectory",  "RootImage",       "MountImages",     "ExtensionImages",  "ExtensionDirectories",
+    "TemporaryFileSystem", "BindPaths",  "BindReadOnlyPaths", "RuntimeDirectory", "StateDirectory",
+    "CacheDirectory", "LogsDirectory",   "ConfigurationDirectory"};
+
+void check_working_directory(const Properties& properties) {
+    std::optional<std::string> dir = last_string(properties, "WorkingDirectory");
+    // "-/path": systemd starts the unit without it; "~": the user's home, resolved by systemd.
+    if (!dir || dir->empty() || dir->front() != '/') return;
+    // The unit may see another file system than this process: then only systemd can tell (and the decode of a
+    // failed start names 200/CHDIR). Without those, this process's view is taken for the manager's.
+    for (std::string_view name : kOwnFileSystemView)
+        if (properties.contains(name)) return;
+    struct stat st{};
+    if (::stat(dir->c_str(), &st) != 0) {
+        int err = errno;
+        if (err == ENOENT || err == ENOTDIR)
+            throw PropertyError("WorkingDirectory", *dir, "an existing directory (" + errno_text(err) +
+                                                              "); prefix it with '-' to start the unit without it");
+        return;  // EACCES and the like: the unit's user may still get there
+    }
+    if (!S_ISDIR(st.st_mode)) throw PropertyError("WorkingDirectory", *dir, "a directory, not a file of another type");
 }
 
 }  // namespace
@@ -93,11 +228,25 @@ std::string describe_exit(int exit_status) {
 }
 
 void require_support(const Bus& bus, const Properties& properties) {
+    check_identity_and_paths(properties);
     const SystemInfo info = system_info(bus);
     for (auto requirement : {Requirement::exec_service_type, Requirement::attach_processes, Requirement::pidfd,
                              Requirement::close_range})
         require(requirement, info);
     require_properties(properties, info);
+}
+
+void check_identity_and_paths(const Properties& properties) {
+    // DynamicUser=yes: systemd makes the user and its group, which do not exist before the unit starts.
+    if (!dynamic_user(properties)) {
+        if (auto user = last_string(properties, "User")) check_user(*user);
+        if (auto group = last_string(properties, "Group")) check_group("Group", *group, *group);
+        const std::vector<std::string> groups = supplementary_groups(properties);
+        std::string all;
+        for (const auto& g : groups) all += (all.empty() ? "" : " ") + g;
+        for (const auto& g : groups) check_group("SupplementaryGroups", all, g);
+    }
+    check_working_directory(properties);
 }
 
 void stop_and_wait_gone(const Bus& bus, const std::string& unit) noexcept {

@@ -32,9 +32,18 @@ int exit_status_from_wait_status(int wait_status) noexcept;
 // "exited with code 3", "was killed by SIGSEGV"
 std::string describe_exit(int exit_status);
 
-// Throws Unsupported naming what is missing when the manager, the kernel or the cgroup layout lack what an
-// anchored unit with these properties needs (see system_info.hpp); asks the manager for its version.
+// Throws PropertyError for what check_identity_and_paths finds, then Unsupported naming what is missing when
+// the manager, the kernel or the cgroup layout lack what an anchored unit with these properties needs (see
+// system_info.hpp); asks the manager for its version. Called before anything is created, so both refusals
+// leave no unit and no process behind.
 void require_support(const Bus& bus, const Properties& properties);
+
+// Refuses, with PropertyError naming the property, the value and what was expected, what this process can
+// already tell would fail the start: User= naming no user (numeric uids pass), Group= or SupplementaryGroups=
+// naming no group (none of the three with DynamicUser=yes, whose user systemd makes), WorkingDirectory= an
+// absolute path that does not exist or is not a directory. Anything it cannot be sure of is left to systemd.
+void check_identity_and_paths(const Properties& properties);
+
 
 // Stops the unit and waits until it is unloaded; a unit already gone is fine. Never throws.
 void stop_and_wait_gone(const Bus& bus, const std::string& unit) noexcept;

@@ -19,6 +19,7 @@ namespace sdfutures {
 namespace {
 
 using namespace std::chrono_literals;
+using detail::check_identity_and_paths;
 using testing::SystemdTest;
 using testing::unique_unit_name;
 
@@ -91,6 +92,99 @@ TEST(StartFailedErrors, SayHowTheProcessEndedWhenItWasNotOneOfSystemdsStatuses) 
     EXPECT_EQ(no_process.status_name(), "");
     for (const char* part : {"ended with result 'timeout'", "Result=timeout", "a note"})
         EXPECT_TRUE(contains(no_process.what(), part)) << no_process.what();
+}
+
+// ---- the pre-check, without a manager and with one
+
+void expect_refused(const Properties& props, const std::string& property, const std::string& value,
+                    const std::string& why) {
+    try {
+        check_identity_and_paths(props);
+        ADD_FAILURE() << property << "=" << value << " was accepted";
+    } catch (const PropertyError& e) {
+        EXPECT_EQ(e.property(), property);
+        EXPECT_EQ(e.value(), value);
+        EXPECT_TRUE(contains(e.what(), why)) << e.what();
+    }
+}
+
+TEST(PreChecks, RefuseAUserOrGroupThisMachineDoesNotKnow) {
+    expect_refused({{"User", kNoSuchUser}}, "User", kNoSuchUser, "knows no user 'sdfutures-no-such-user'");
+    expect_refused({{"Group", kNoSuchGroup}}, "Group", kNoSuchGroup, "knows no group");
+    expect_refused({{"SupplementaryGroups", "root"}, {"SupplementaryGroups", kNoSuchGroup}}, "SupplementaryGroups",
+                   std::string("root ") + kNoSuchGroup, "knows no group 'sdfutures-no-such-group'");
+}
+
+TEST(PreChecks, LeaveNumericIdsSystemdsOwnNamesAndDynamicUsersToSystemd) {
+    EXPECT_NO_THROW(check_identity_and_paths({{"User", "4711"}, {"Group", "4711"}, {"SupplementaryGroups", "4712"}}));
+    EXPECT_NO_THROW(check_identity_and_paths({{"User", "nobody"}, {"Group", "nogroup"}, {"SupplementaryGroups", "root"}}));
+    EXPECT_NO_THROW(check_identity_and_paths({{"User", kNoSuchUser}, {"Group", kNoSuchGroup}, {"DynamicUser", "yes"}}));
+    // A later empty assignment resets the list, as in unit files.
+    EXPECT_NO_THROW(check_identity_and_paths({{"SupplementaryGroups", kNoSuchGroup}, {"SupplementaryGroups", ""}}));
+}
+
+TEST(PreChecks, RefuseAWorkingDirectoryThatIsMissingOrNotADirectory) {
+    expect_refused({{"WorkingDirectory", "/nonexistent/sdfutures"}}, "WorkingDirectory", "/nonexistent/sdfutures",
+                   "an existing directory");
+    char file[] = "/tmp/sdfutures-start-file-XXXXXX";
+    int fd = mkstemp(file);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    expect_refused({{"WorkingDirectory", file}}, "WorkingDirectory", file, "a directory, not a file");
+    expect_refused({{"WorkingDirectory", std::string(file) + "/below"}}, "WorkingDirectory",
+                   std::string(file) + "/below", "ENOTDIR");
+    unlink(file);
+    EXPECT_NO_THROW(check_identity_and_paths({{"WorkingDirectory", "/tmp"}}));
+}
+
+TEST(PreChecks, LeaveWhatOnlyTheUnitsOwnFileSystemViewCanTellToSystemd) {
+    // systemd's "ignore if missing" and the user's home.
+    EXPECT_NO_THROW(check_identity_and_paths({{"WorkingDirectory", "-/nonexistent/sdfutures"}}));
+    EXPECT_NO_THROW(check_identity_and_paths({{"WorkingDirectory", "~"}}));
+    // Another root, a bind mount, a tmpfs or a directory systemd creates itself may make it exist there.
+    for (const char* name : {"RootDirectory", "BindPaths", "TemporaryFileSystem", "StateDirectory"}) {
+        Properties props{{"WorkingDirectory", "/nonexistent/sdfutures"}};
+        props.set_typed(name, sdbus::Variant(std::string("/somewhere")));
+        EXPECT_NO_THROW(check_identity_and_paths(props)) << name;
+    }
+}
+
+class PreCheckTest : public SystemdTest {};
+
+// Nothing that cannot work is created: no unit, no fork server, no child.
+void expect_refused_before_anything_starts(Manager& manager, const std::string& name, const std::string& value) {
+    SCOPED_TRACE(name + "=" + value);
+    auto refused = [&](auto&& construct_and_start) {
+        try {
+            construct_and_start();
+            ADD_FAILURE() << "accepted";
+        } catch (const PropertyError& e) {
+            EXPECT_EQ(e.property(), name);
+            EXPECT_TRUE(contains(e.what(), "property " + name + "=")) << e.what();
+        }
+    };
+    Properties props{{"CPUQuota", "50%"}, {name, value}};
+    std::string unit = unique_unit_name();
+    refused([&] {
+        TransientUnitProcess p(props, ProcessOptions{.unit_name = unit}, [] { return 1; });
+        p.start();
+    });
+    refused([&] { run(props, [] { return 1; }); });
+    refused([&] { TransientUnitPoolExecutor pool(props, {.max_workers = 1, .unit_name = unit}); });
+    EXPECT_FALSE(manager.unit_loaded(unit));
+    siginfo_t info{};
+    int found = waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);
+    int err = errno;
+    EXPECT_EQ(found, -1) << "a child process exists";
+    EXPECT_EQ(err, ECHILD);
+}
+
+TEST_F(PreCheckTest, AMissingUserGroupOrWorkingDirectoryIsRefusedBeforeAnythingStarts) {
+    if (geteuid() != 0) GTEST_SKIP() << "User= and Group= need root (the unprivileged refusal comes first)";
+    expect_refused_before_anything_starts(manager(), "User", kNoSuchUser);
+    expect_refused_before_anything_starts(manager(), "Group", kNoSuchGroup);
+    expect_refused_before_anything_starts(manager(), "SupplementaryGroups", kNoSuchGroup);
+    expect_refused_before_anything_starts(manager(), "WorkingDirectory", "/nonexistent/sdfutures");
 }
 
 }  // namespace
