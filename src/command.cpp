@@ -99,34 +99,6 @@ std::string signal_name(int sig) {
     return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
 }
 
-// systemd's own exit statuses for a process that failed before execve() (systemd.exec(5), "PROCESS EXIT
-// CODES"), so that a failed start says why.
-std::string exec_status_text(int status) {
-    static const std::map<int, const char*> names = {
-        {200, "CHDIR: the working directory could not be entered"},
-        {201, "NICE"}, {202, "FDS"},
-        {203, "EXEC: the program could not be executed"},
-        {204, "MEMORY"}, {205, "LIMITS"}, {206, "OOM_ADJUST"}, {207, "SIGNAL_MASK"},
-        {208, "STDIN: standard input could not be set up"},
-        {209, "STDOUT: standard output could not be set up"},
-        {210, "CHROOT"}, {211, "IOPRIO"}, {212, "TIMERSLACK"}, {213, "SECUREBITS"}, {214, "SETSCHEDULER"},
-        {215, "CPUAFFINITY"},
-        {216, "GROUP: the group could not be set"},
-        {217, "USER: the user could not be set"},
-        {218, "CAPABILITIES"}, {219, "CGROUP"}, {220, "SETSID"}, {221, "CONFIRM"},
-        {222, "STDERR: standard error could not be set up"},
-        {224, "PAM"}, {225, "NETWORK"},
-        {226, "NAMESPACE: the file system namespace could not be set up"},
-        {227, "NO_NEW_PRIVILEGES"},
-        {228, "SECCOMP: the system call filter could not be installed"},
-        {229, "SELINUX_CONTEXT"}, {230, "PERSONALITY"}, {231, "APPARMOR_PROFILE"}, {232, "ADDRESS_FAMILIES"},
-        {233, "RUNTIME_DIRECTORY"}, {235, "CHOWN"}, {236, "SMACK_PROCESS_LABEL"}, {237, "KEYRING"},
-        {238, "STATE_DIRECTORY"}, {239, "CACHE_DIRECTORY"}, {240, "LOGS_DIRECTORY"},
-        {241, "CONFIGURATION_DIRECTORY"}, {242, "NUMA_POLICY"}, {243, "CREDENTIALS"}};
-    auto it = names.find(status);
-    return std::to_string(status) + (it != names.end() ? std::string("/") + it->second : std::string());
-}
-
 std::string join_argv(const std::vector<std::string>& argv) {
     std::string out;
     for (auto& a : argv) {
@@ -289,13 +261,18 @@ ProgramNotFound::ProgramNotFound(std::string program, const std::string& why)
     : Error("cannot run '" + program + "': " + why), program_(std::move(program)) {}
 
 CommandStartFailed::CommandStartFailed(std::string unit, std::string job_result, std::string program,
-                                       std::string unit_result, std::optional<int> exec_status)
+                                       std::string unit_result, std::optional<int> exec_status, const std::string& cause)
     : JobFailed(std::move(unit), "start", std::move(job_result)), program_(std::move(program)), unit_result_(std::move(unit_result)),
       exec_status_(exec_status) {
     message_ = "systemd could not start '" + program_ + "' in unit '" + this->unit() + "': the start job ended with '" +
                this->result() + "'";
     if (!unit_result_.empty()) message_ += ", Result=" + unit_result_;
-    if (exec_status_) message_ += ", exit status " + exec_status_text(*exec_status_);
+    if (exec_status_) {
+        message_ += ", exit status " + exit_status_text(*exec_status_);
+        if (std::string_view meaning = exit_status_meaning(*exec_status_); !meaning.empty())
+            message_ += ": " + std::string(meaning);
+    }
+    if (!cause.empty()) message_ += ", caused by " + cause;
 }
 
 std::string CommandResult::status_text() const {
@@ -401,6 +378,7 @@ struct CommandProcess::Impl {
 
     Bus bus;
     std::string unit, object_path, program;
+    Properties properties;  // the caller's, to name the one behind a failed start
     std::unique_ptr<sdbus::IProxy> unit_proxy;
     sdbus::Slot properties_match;
 
@@ -721,8 +699,14 @@ struct CommandProcess::Impl {
         if (error) {
             failure = error;
         } else if (start_failed) {
+            std::string cause;
+            if (setup_status) {  // the same naming of the property behind the status as for processes and pools
+                detail::ExitStatusCause c = detail::exit_status_cause(status, properties);
+                if (!c.property.empty()) cause = c.note.empty() ? c.property : c.property + " (" + c.note + ")";
+            }
             failure = std::make_exception_ptr(CommandStartFailed(unit, *start_job_result, program, unit_result,
-                                                                 setup_status ? std::optional<int>(status) : std::nullopt));
+                                                                 setup_status ? std::optional<int>(status) : std::nullopt,
+                                                                 cause));
         } else {
             CommandResult r;
             r.unit = unit;
@@ -894,6 +878,7 @@ CommandProcess Command::start() const {
     impl->unit = unit_name_ ? *unit_name_ : detail::default_unit_name("cmd");
     impl->object_path = unit_object_path(impl->unit);
     impl->program = program;
+    impl->properties = properties_;
     int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) throw Error("cannot create an eventfd: " + errno_text(errno));
     impl->wake = OwnedFd(wake);

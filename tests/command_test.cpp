@@ -494,6 +494,8 @@ TEST_F(CommandTest, AProgramSystemdCannotExecuteFailsTheStartClearly) {
     } catch (const CommandStartFailed& e) {
         EXPECT_EQ(e.exec_status(), 200) << e.what();
         EXPECT_NE(std::string(e.what()).find("200/CHDIR"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("caused by WorkingDirectory=/nonexistent/sdfutures-dir"), std::string::npos)
+            << e.what();
     }
     expect_gone(name);
 }

@@ -77,8 +77,10 @@ struct CommandResult {
 // a start failure.
 class CommandStartFailed : public JobFailed {
 public:
+    // `cause`: the properties behind exec_status, as StartFailed::property() names them ("WorkingDirectory=/x"),
+    // appended to what() as ", caused by <cause>"; empty when none is known.
     CommandStartFailed(std::string unit, std::string job_result, std::string program, std::string unit_result,
-                       std::optional<int> exec_status);
+                       std::optional<int> exec_status, const std::string& cause = {});
     const std::string& program() const noexcept { return program_; }
     const std::string& unit_result() const noexcept { return unit_result_; }
     // ExecMainStatus= when systemd's setup of the process failed: 200..243, see systemd.exec(5) "PROCESS EXIT CODES".

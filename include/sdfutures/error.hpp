@@ -4,8 +4,10 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace sdfutures {
 
@@ -45,9 +47,56 @@ public:
     const std::string& job_type() const noexcept { return job_type_; }
     const std::string& result() const noexcept { return result_; }
 
+protected:
+    // For subclasses that say more than the job result.
+    JobFailed(std::string unit, std::string job_type, std::string result, const std::string& what, int);
+
 private:
     std::string unit_, job_type_, result_;
 };
+
+// The start job of a unit failed, decoded from what systemd recorded for the unit (ExecMainCode=,
+// ExecMainStatus=, Result=): what() names the unit, the exit status in systemd's own words (217/USER,
+// 200/CHDIR, 226/NAMESPACE, ...) and the properties that status points at (User=, WorkingDirectory=, ...).
+// Thrown by TransientUnitProcess, run() and TransientUnitPoolExecutor when their unit does not start; a
+// JobFailed, so code catching that still catches it.
+class StartFailed : public JobFailed {
+public:
+    // `exec_main_code` and `exec_main_status` as systemd reports them: CLD_EXITED (1) and the exit status,
+    // CLD_KILLED (2) or CLD_DUMPED (3) and the signal, 0 when no process of the unit ended. `property` names the
+    // assignments behind the status in unit-file syntax ("User=nobody"), empty when none; `note` is added to
+    // what() as it is.
+    StartFailed(const std::string& unit, const std::string& job_result, std::string unit_result,
+                int exec_main_code, int exec_main_status, std::string property, const std::string& note = {});
+
+    // How the unit's process ended before the program ran, as ProcessDied counts: >= 0 the exit status
+    // (systemd's own setup failures are 200..246), < 0 the negated signal; nullopt when no process ended (the
+    // manager failed before forking one, or the job was cancelled or timed out).
+    std::optional<int> exit_status() const noexcept { return exit_status_; }
+    // systemd's name for exit_status(), as `systemctl status` shows it: "USER" for 217, "CHDIR" for 200; empty
+    // for a signal or a status systemd has no name for.
+    const std::string& status_name() const noexcept { return status_name_; }
+    // The assignments the status points at, in unit-file syntax: "User=no-such-user", "WorkingDirectory=/srv/x",
+    // "PrivateTmp=yes, ProtectHome=yes"; empty when the status names no property or none of its properties was
+    // given.
+    const std::string& property() const noexcept { return property_; }
+    // The unit's Result= ("exit-code", "signal", "resources", "timeout", ...); empty when it could not be read.
+    const std::string& unit_result() const noexcept { return unit_result_; }
+
+private:
+    std::optional<int> exit_status_;
+    std::string status_name_, property_, unit_result_;
+};
+
+// systemd's name for an exit status, as `systemctl status` shows it ("status=217/USER"): its own statuses
+// (systemd.exec(5), "PROCESS EXIT CODES"), libc's 0 and 1, the LSB's 2..7 and BSD's 64..78 (<sysexits.h>);
+// empty for any other.
+std::string_view exit_status_name(int status) noexcept;
+// What one of systemd's own statuses (200..246) says went wrong before the program ran, e.g. "the user could
+// not be determined or switched to" for 217; empty for any other status.
+std::string_view exit_status_meaning(int status) noexcept;
+// "217/USER", or "3" for a status without a name.
+std::string exit_status_text(int status);
 
 // A property given in unit-file syntax could not be converted; thrown before anything reaches systemd.
 class PropertyError : public Error {
