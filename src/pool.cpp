@@ -237,7 +237,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     anchor_read.reset();  // systemd holds its own copy
     try {
         // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
-        job.wait();
+        wait_anchored_start(*bus, job, properties);
         main_pid = verified_main_pid(*unit);
         control_group = unit->control_group();
         oom_kills_seen = oom_kill_count(control_group);

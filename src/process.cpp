@@ -299,8 +299,17 @@ void ProcessCore::start(const Body& body) {
         throw;
     }
     ::close(anchor_pipe[0]);  // systemd holds its own copy now
+    // The unit is started before anything is forked: a unit that cannot start leaves no process to tear down, and
+    // its failure is read from the unit and named (StartFailed).
+    try {
+        wait_anchored_start(*bus_, *job, properties_);
+    } catch (...) {
+        for (int fd : {reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
+        stop_unit();
+        close_all();
+        throw;
+    }
 
-    // Forked while systemd works on the start job: the two overlap.
     const pid_t owner = getpid();
     const int child_reply = reply_pipe[1], child_release = release_pipe[0];
     auto child_body = [&, child_reply, child_release](pid_t parent) {
@@ -360,7 +369,6 @@ void ProcessCore::start(const Body& body) {
         pid_ = started.value;
         if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
         pidfd_ = child_pidfd[0].release();
-        job->wait();
         uint32_t main_pid = verified_main_pid(*unit_);
         manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(pid_)});
         pid_t to_send = static_cast<pid_t>(main_pid);

@@ -155,6 +155,7 @@ class PreCheckTest : public SystemdTest {};
 // Nothing that cannot work is created: no unit, no fork server, no child.
 void expect_refused_before_anything_starts(Manager& manager, const std::string& name, const std::string& value) {
     SCOPED_TRACE(name + "=" + value);
+    const auto children_before = testing::own_children();  // the forkserver zygote, started in main()
     auto refused = [&](auto&& construct_and_start) {
         try {
             construct_and_start();
@@ -173,11 +174,7 @@ void expect_refused_before_anything_starts(Manager& manager, const std::string& 
     refused([&] { run(props, [] { return 1; }); });
     refused([&] { TransientUnitPoolExecutor pool(props, {.max_workers = 1, .unit_name = unit}); });
     EXPECT_FALSE(manager.unit_loaded(unit));
-    siginfo_t info{};
-    int found = waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT);
-    int err = errno;
-    EXPECT_EQ(found, -1) << "a child process exists";
-    EXPECT_EQ(err, ECHILD);
+    EXPECT_EQ(testing::own_children(), children_before) << "a child process was started";
 }
 
 TEST_F(PreCheckTest, AMissingUserGroupOrWorkingDirectoryIsRefusedBeforeAnythingStarts) {
@@ -307,6 +304,31 @@ TEST_F(StartFailureTest, ADirectoryTheUserCannotEnterIsDecodedAs200ChdirNamingWo
     for (const std::string& part : {std::string("200/CHDIR"), std::string("WorkingDirectory=") + dir,
                                     std::string("User=nobody")})
         EXPECT_TRUE(contains(what, part)) << what;
+}
+
+// The same through the library's own entry points: the unit is started before anything is forked, so the
+// failure is named and no process was ever started.
+TEST_F(StartFailureTest, AProcessAndAPoolWhoseUnitCannotStartThrowStartFailedAndForkNothing) {
+    char dir[] = "/tmp/sdfutures-start-dir-XXXXXX";
+    ASSERT_NE(mkdtemp(dir), nullptr);  // 0700, root's
+    Properties props{{"User", "nobody"}, {"WorkingDirectory", dir}};
+    const auto children_before = testing::own_children();
+    auto expect_chdir = [&](auto&& construct) {
+        try {
+            construct();
+            ADD_FAILURE() << "started";
+        } catch (const StartFailed& e) {
+            EXPECT_EQ(e.exit_status(), 200) << e.what();
+            EXPECT_EQ(e.property(), std::string("WorkingDirectory=") + dir) << e.what();
+        }
+        EXPECT_EQ(testing::own_children(), children_before) << "a process was forked for a unit that never started";
+    };
+    expect_chdir([&] { run(props, [] { return 1; }); });
+    expect_chdir([&] { TransientUnitPoolExecutor pool(props, {.max_workers = 2}); });
+    expect_chdir([&] {
+        TransientUnitPoolExecutor pool(props, {.max_workers = 2, .start_method = StartMethod::forkserver});
+    });
+    rmdir(dir);
 }
 
 // With the pre-check left out (the Manager API has none), systemd's own verdict on an unknown user and group.

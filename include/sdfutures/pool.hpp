@@ -166,7 +166,7 @@ private:
 class TransientUnitPoolExecutor {
 public:
     // Starts the unit and max_workers workers; returns once every worker has entered the unit. Throws
-    // (PropertyError, UnsupportedProperty, BusError, SystemdError, JobFailed, SetupError) leaving nothing.
+    // (PropertyError, UnsupportedProperty, BusError, SystemdError, StartFailed, SetupError) leaving nothing.
     explicit TransientUnitPoolExecutor(Properties properties, PoolOptions options = {})
         : core_(std::move(properties), std::move(options)) {}
     // Shuts down, waits for every task (at most PoolOptions::shutdown_timeout, then kills the workers and fails

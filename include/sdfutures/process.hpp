@@ -156,7 +156,8 @@ public:
           }) {}
 
     // Forks the child, starts its unit, attaches it and lets it run; returns once the child has entered
-    // the unit. Throws PropertyError/UnsupportedProperty, BusError, SystemdError, JobFailed or SetupError,
+    // the unit. Throws PropertyError/UnsupportedProperty, BusError, SystemdError, StartFailed (a JobFailed naming the
+    // exit status and the property behind it) or SetupError,
     // in which case no process and no unit remain.
     void start() {
         core_.start([this](int reply_fd) {
