@@ -53,11 +53,18 @@ Parsed parse(const std::string& input) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+    // The zygote, forked before anything is loaded: workers hold nothing of what the program reads later.
+    sdfutures::init(argc, argv);
     try {
+        // Untrusted input: one task per worker (no task sent ahead to a worker a parse may have taken over, nothing
+        // it leaves behind meets the next input), a bound on each parse, workers from the zygote.
         sdfutures::TransientUnitPoolExecutor pool(
             {{"User", "nobody"}, {"PrivateNetwork", "yes"}, {"MemoryMax", "64M"}, {"NoNewPrivileges", "yes"}},
-            {.max_workers = 2});
+            {.max_workers = 2,
+             .max_tasks_per_child = 1,
+             .task_timeout = std::chrono::seconds(10),
+             .start_method = sdfutures::StartMethod::forkserver});
         std::cout << "pool unit " << pool.unit().name() << "\n";
         const std::vector<std::string> inputs = {"name=alice;role=admin", "broken", std::string("evil=\x01", 6),
                                                  "name=bob"};

@@ -78,7 +78,6 @@ public:
 private:
     std::size_t max_message_bytes_;
     bool in_message_ = false;
-    std::uint64_t id_ = 0;
     std::size_t received_ = 0;
     Message partial_;
     Message complete_;
