@@ -55,8 +55,8 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
     msg.msg_iovlen = 2;
     ssize_t n;
     // Descriptors a worker sends along are not wanted: without a control buffer the kernel closes them.
-    // ECONNRESET: the peer ended with messages of ours unread. The kernel reports that once, before the records the
-    // peer sent while it lived, which are still to be read (its last replies among them).
+    // ECONNRESET: the peer ended with messages of ours unread. Kernels report that once, and may do so before the
+    // records the peer sent while it lived, which are still to be read (its last replies among them).
     do n = ::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
     while (n < 0 && (errno == EINTR || errno == ECONNRESET));
     if (n < 0) {
@@ -94,6 +94,7 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
             broken("a record of message " + std::to_string(header.id) + " (" + std::to_string(header.total) +
                    " bytes) while message " + std::to_string(partial_.id) + " had " + std::to_string(received_) +
                    " of its " + std::to_string(partial_.body.size()) + " bytes");
+        if (body == 0) broken("an empty record in the middle of message " + std::to_string(partial_.id));
         received_ += body;
     }
     if (received_ < partial_.body.size()) return Got::partial;

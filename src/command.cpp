@@ -73,27 +73,6 @@ void set_nonblocking(int fd) {
         throw Error("cannot make a pipe non-blocking: " + errno_text(errno));
 }
 
-// write(2) to a pipe whose reader may be gone, without SIGPIPE killing this process: the signal is blocked
-// for this thread during the call and a SIGPIPE it raised is consumed, unless one was pending already.
-ssize_t write_without_sigpipe(int fd, const char* data, size_t size) {
-    sigset_t pipe_set, old_mask, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    sigpending(&pending);
-    bool was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
-    ssize_t n = ::write(fd, data, size);
-    int saved = errno;
-    if (n < 0 && saved == EPIPE && !was_pending) {
-        timespec zero{};
-        while (sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
-        }
-    }
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    errno = saved;
-    return n;
-}
-
 std::string signal_name(int sig) {
     const char* abbrev = sigabbrev_np(sig);
     return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
@@ -518,7 +497,7 @@ struct CommandProcess::Impl {
         const std::string& data = *stdin_data;
         while (stdin_written < data.size()) {
             size_t n = std::min(data.size() - stdin_written, size_t(kPipeSize));
-            ssize_t w = write_without_sigpipe(stdin_fd.get(), data.data() + stdin_written, n);
+            ssize_t w = detail::write_without_sigpipe(stdin_fd.get(), data.data() + stdin_written, n);
             if (w > 0) {
                 stdin_written += size_t(w);
                 continue;

@@ -1,5 +1,7 @@
 #include "fd_util.hpp"
 
+#include <signal.h>
+
 #include <cstring>
 
 namespace sdfutures::detail {
@@ -72,6 +74,27 @@ bool write_all(int fd, const void* data, size_t size) noexcept {
         size -= static_cast<size_t>(n);
     }
     return true;
+}
+
+// write(2) to a pipe whose reader may be gone, without SIGPIPE killing this process: the signal is blocked
+// for this thread during the call and a SIGPIPE it raised is consumed, unless one was pending already.
+ssize_t write_without_sigpipe(int fd, const char* data, size_t size) noexcept {
+    sigset_t pipe_set, old_mask, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    bool was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
+    ssize_t n = ::write(fd, data, size);
+    int saved = errno;
+    if (n < 0 && saved == EPIPE && !was_pending) {
+        timespec zero{};
+        while (sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    errno = saved;
+    return n;
 }
 
 }  // namespace sdfutures::detail

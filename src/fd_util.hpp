@@ -47,6 +47,9 @@ bool send_with_fds(int socket, const void* data, size_t size, std::span<const in
 // this process cannot take them: at its descriptor limit, say.
 ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds = {}, bool* dropped = nullptr) noexcept;
 
+// write(2) to a pipe whose reader may be gone, without SIGPIPE killing this process.
+ssize_t write_without_sigpipe(int fd, const char* data, size_t size) noexcept;
+
 // write(2) until done or an error other than EINTR; false on error.
 bool write_all(int fd, const void* data, size_t size) noexcept;
 

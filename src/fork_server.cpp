@@ -140,6 +140,9 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     // its default action first: inherited as ignored (an owner that ignores it), the kernel would reap the workers
     // itself and their exits would never be reported.
     reset_child_signal();
+    // Already registered when the owner forked this server (the flag came along); registered here for a server
+    // from the zygote, a single-threaded line from init() on, where taking glibc's exit-handler lock is safe.
+    prepare_exit_guard();
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
@@ -150,10 +153,12 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     auto report_exits = [&] {
         for (;;) {
             int status = 0;
-            pid_t pid = ::waitpid(-1, &status, WNOHANG);
+            pid_t pid = ::waitpid(-1, &status, WNOHANG | WUNTRACED | WCONTINUED);
             if (pid <= 0) return;
-            std::erase(workers, pid);
             ForkServerEvent e{ForkServerEvent::exited, pid, status};
+            if (WIFSTOPPED(status)) e.kind = ForkServerEvent::stopped;
+            else if (WIFCONTINUED(status)) e.kind = ForkServerEvent::continued;
+            else std::erase(workers, pid);
             send_with_fds(kControlFd, &e, sizeof e);
         }
     };
@@ -184,6 +189,7 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
 
 ForkServer start_fork_server(const WorkerConfig& config, StartMethod method) {
     if (method == StartMethod::forkserver) return fork_server_from_zygote(config);
+    prepare_exit_guard();
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
         throw Error("socketpair for the fork server: " + errno_text(errno));

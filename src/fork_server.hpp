@@ -21,9 +21,9 @@ struct ForkServerRequest {
     uint32_t spawn_count;
 };
 struct ForkServerEvent {
-    enum Kind : uint32_t { spawned = 1, exited = 2, spawn_failed = 3 } kind;
+    enum Kind : uint32_t { spawned = 1, exited = 2, spawn_failed = 3, stopped = 4, continued = 5 } kind;
     int32_t pid;
-    int32_t value;  // exited: the wait status; spawn_failed: errno
+    int32_t value;  // exited, stopped: the wait status; spawn_failed: errno
 };
 
 struct WorkerConfig {

@@ -6,17 +6,27 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 
 namespace sdfutures::detail {
 namespace {
 
-// Runs first among the exit handlers, being registered last: the status is the one exit() was given.
-void end_at_exit(int status, void* /*unused*/) {
+// Set only in children the library forked; read by the exit handler in whatever process runs exit().
+volatile sig_atomic_t library_child = 0;
+
+// Runs among the exit handlers (before those registered earlier): the status is the one exit() was given.
+void end_library_child_at_exit(int status, void* /*unused*/) {
+    if (!library_child) return;  // the owner, or a child the program forked itself: exit() as usual
     std::fflush(nullptr);
     ::_exit(status);
 }
 
 }  // namespace
+
+void prepare_exit_guard() {
+    static std::once_flag registered;
+    std::call_once(registered, [] { ::on_exit(end_library_child_at_exit, nullptr); });
+}
 
 void reset_child_signal() noexcept {
     struct sigaction action {};
@@ -30,13 +40,13 @@ void reset_child_signal() noexcept {
 }
 
 void detach_from_owner_state() noexcept {
+    library_child = 1;
     ::__fpurge(stdout);
     ::__fpurge(stderr);
     reset_child_signal();
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);  // NOLINT(concurrency-mt-unsafe): a forked child has one thread
-    ::on_exit(end_at_exit, nullptr);
 }
 
 }  // namespace sdfutures::detail

@@ -44,13 +44,14 @@ struct TaskState {
     PoolCore::Submission submission;
     PoolCore::Impl* pool = nullptr;
 
-    // Claims the right to resolve the task; false when someone else already did.
-    bool claim() noexcept {
+    // Claims the right to resolve the task: the status it had, or `resolved` when someone else already did.
+    int claim_from() noexcept {
         int s = status.load();
         while (s != resolved)
-            if (status.compare_exchange_weak(s, resolved)) return true;
-        return false;
+            if (status.compare_exchange_weak(s, resolved)) return s;
+        return resolved;
     }
+    bool claim() noexcept { return claim_from() != resolved; }
 };
 
 namespace {
@@ -59,6 +60,7 @@ namespace {
 // above what they take (a worker enters a unit in about a millisecond), so they only end real hangs.
 constexpr milliseconds kEntryTimeout{30'000};
 constexpr milliseconds kSpawnTimeout{30'000};
+constexpr milliseconds kLingerTimeout{5'000};
 // Records read from one worker before the dispatcher looks at the others again.
 constexpr int kRecordsPerTurn = 256;
 
@@ -112,8 +114,10 @@ struct Worker {
     bool eof = false;          // nothing more is read from it
     bool write_closed = false;
     bool condemned = false;    // killed by the pool, its tasks already settled
+    bool stopped = false;      // stopped by a signal: takes no tasks until it continues
     bool awaiting_verdict = false;
     std::optional<bool> unit_gone_verdict;
+    std::optional<Clock::time_point> idle_done_since;  // done with its quota and idle, yet still alive
     std::optional<int> exit_status;
 
     explicit Worker(std::size_t max_reply_bytes) : reader(max_reply_bytes) {}
@@ -123,7 +127,8 @@ struct Worker {
     void kill() const { signal(SIGKILL); }
     bool alive() const { return !exit_status; }
     bool takes_tasks(std::size_t max_tasks) const {
-        return phase == Phase::ready && !eof && !condemned && alive() && !(max_tasks && assigned >= max_tasks);
+        return phase == Phase::ready && !eof && !condemned && !stopped && alive() &&
+               !(max_tasks && assigned >= max_tasks);
     }
 };
 
@@ -155,7 +160,7 @@ struct PoolCore::Impl {
 
     // The dispatcher thread's own (the constructing thread's until it starts).
     ForkServer server;
-    std::size_t target_workers = 1;
+    std::atomic<std::size_t> target_workers{1};  // written by the dispatcher, read by max_workers()
     std::vector<std::unique_ptr<Worker>> workers;
     std::size_t spawning = 0;
     Clock::time_point spawn_requested;
@@ -190,6 +195,7 @@ struct PoolCore::Impl {
     void flush_worker(Worker& w);
     void handle_server_events();
     void finalize_dead_workers();
+    void worker_stopped(Worker& w, bool stopped);
 
     // what the steps share
     std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped);
@@ -242,7 +248,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
         control_group = unit->control_group();
         oom_kills_seen = oom_kill_count(control_group);
         server = start_fork_server(config, options.start_method);
-        request_spawn(target_workers);
+        request_spawn(target_workers.load());
         spawn_initial_workers();
         std::vector<uint32_t> to_attach;
         for (auto& w : workers) to_attach.push_back(static_cast<uint32_t>(w->pid));
@@ -253,13 +259,14 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
             w->phase = Worker::Phase::entering;
         }
         for (auto& w : workers) wait_until_entered(*w);
+        update_pids();
+        pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
+        dispatcher = std::thread([this] { run_dispatcher(); });
     } catch (...) {
+        pool_bus.reset();
         teardown();
         throw;
     }
-    update_pids();
-    pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
-    dispatcher = std::thread([this] { run_dispatcher(); });
 }
 
 void PoolCore::Impl::request_spawn(std::size_t n) {
@@ -362,9 +369,12 @@ void PoolCore::Impl::update_pids() {
         if (w->alive() && !w->condemned) pids.push_back(w->pid);
 }
 
+// Workers that count towards max_workers: alive, trusted, and not done with their quota of tasks.
 std::size_t PoolCore::Impl::live_workers() const {
-    return static_cast<std::size_t>(
-        std::count_if(workers.begin(), workers.end(), [](auto& w) { return w->alive() && !w->condemned; }));
+    const std::size_t quota = options.max_tasks_per_child;
+    return static_cast<std::size_t>(std::count_if(workers.begin(), workers.end(), [quota](auto& w) {
+        return w->alive() && !w->condemned && !(quota && w->assigned >= quota);
+    }));
 }
 
 void PoolCore::Impl::task_finished() {
@@ -493,7 +503,7 @@ void PoolCore::Impl::handle_server_events() {
             return;
         }
         if (event.kind == ForkServerEvent::spawned) {
-            if (--spawning > 0) spawn_requested = Clock::now();
+            if (spawning > 0 && --spawning > 0) spawn_requested = Clock::now();
             std::unique_ptr<Worker> worker;
             try {
                 worker = new_worker(event.pid, passed, dropped);
@@ -517,9 +527,12 @@ void PoolCore::Impl::handle_server_events() {
                 pool_bus->attach(w.pid);  // answered in take_bus_answers()
             }
         } else if (event.kind == ForkServerEvent::spawn_failed) {
-            --spawning;
+            if (spawning > 0) --spawning;
             fail_queued_tasks(
                 std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
+        } else if (event.kind == ForkServerEvent::stopped || event.kind == ForkServerEvent::continued) {
+            for (auto& w : workers)
+                if (w->pid == event.pid) worker_stopped(*w, event.kind == ForkServerEvent::stopped);
         } else if (event.kind == ForkServerEvent::exited) {
             for (auto& w : workers) {
                 if (w->pid != event.pid) continue;
@@ -530,6 +543,22 @@ void PoolCore::Impl::handle_server_events() {
             }
         }
     }
+}
+
+// A stopped worker (SIGSTOP, SIGTSTP, ...) gets no more tasks: an idle one is ended and replaced; a busy one keeps
+// only the task it runs, until it continues, its task_timeout, or kill_workers(); the tasks sent ahead to it go
+// back to the queue (should it continue and answer them anyway, that is a reply for no task, and it goes).
+void PoolCore::Impl::worker_stopped(Worker& w, bool stopped) {
+    w.stopped = stopped;
+    if (!stopped || w.condemned) return;
+    if (w.in_flight.empty()) {
+        condemn(w, nullptr);
+        return;
+    }
+    auto head = std::move(w.in_flight.front());
+    w.in_flight.pop_front();
+    requeue_window(w);
+    w.in_flight.push_back(std::move(head));
 }
 
 void PoolCore::Impl::take_bus_answers() {
@@ -548,9 +577,9 @@ void PoolCore::Impl::take_bus_answers() {
         case PoolBus::Answer::Kind::attach_failed:
             w.condemned = true;
             w.kill();
-            if (answer.unit_gone) {
+            if (answer.unit_gone || pipe_reader_gone(anchor.get())) {
                 break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-            } else if (live_workers() == 0) {
+            } else if (live_workers() == 0 || target_workers.load() <= 1) {
                 break_pool(answer.error);  // nothing left to run tasks, and no way to add a worker
             } else {
                 --target_workers;  // carry on with the workers there are rather than fail their tasks
@@ -571,8 +600,11 @@ void PoolCore::Impl::read_worker(Worker& w) {
         } catch (const ProtocolError& e) {
             violation(w, e.what(), 0);
             return;
-        } catch (const Error&) {
-            got = MessageReader::Got::end;
+        } catch (const std::bad_alloc&) {
+            violation(w, "a message the owner could not allocate memory for", 0);
+            return;
+        } catch (...) {
+            got = MessageReader::Got::end;  // recvmsg failed: nothing more can be read from it
         }
         if (got == MessageReader::Got::nothing) return;
         if (got == MessageReader::Got::end) {
@@ -598,7 +630,9 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
         } catch (...) {
             w.condemned = true;
             w.kill();
-            break_pool(std::current_exception());  // a replacement that cannot start: nothing will
+            // A replacement that cannot enter a unit being stopped (its main process gone) is the stop's doing.
+            if (pipe_reader_gone(anchor.get())) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
+            else break_pool(std::current_exception());  // a replacement that cannot start: nothing will
         }
         return;
     }
@@ -703,7 +737,13 @@ void PoolCore::Impl::assign_tasks() {
         }
     }
     lock.unlock();
-    if (spawn_needed) request_spawn(spawn_needed);
+    if (spawn_needed) {
+        try {
+            request_spawn(spawn_needed);
+        } catch (...) {
+            break_pool(std::current_exception());
+        }
+    }
     for (Worker* w : ready)
         if (!w->writer.empty()) flush_worker(*w);
 }
@@ -771,9 +811,9 @@ void PoolCore::Impl::replace_workers() {
         replace = !broken && server_alive && (!retire || !queue.empty() || unfinished > 0);
     }
     std::size_t live = live_workers() + spawning;
-    if (replace && live < target_workers) {
+    if (replace && live < target_workers.load()) {
         try {
-            request_spawn(target_workers - live);
+            request_spawn(target_workers.load() - live);
         } catch (...) {
             break_pool(std::current_exception());
         }
@@ -793,10 +833,24 @@ void PoolCore::Impl::enforce_deadlines() {
             return;
         }
         if (options.task_timeout && !w->in_flight.empty() && now >= w->head_since + *options.task_timeout) {
+            // Its answer may be waiting in the socket already: take it before blaming the task.
+            if (!w->eof) read_worker(*w);
+            if (w->condemned || w->in_flight.empty() || now < w->head_since + *options.task_timeout) continue;
             condemn(*w, std::make_exception_ptr(TaskTimeout(
                             "the task ran longer than the pool's task_timeout of " +
                             std::to_string(options.task_timeout->count()) + " ms; its worker was killed and replaced")));
         }
+    }
+    for (auto& w : workers) {
+        // A worker done with its quota (or told to finish) exits once its last task is answered; one that lingers
+        // (a thread of its task holding it up) is ended after a grace period, so it cannot hold a slot forever.
+        const bool done = (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) || w->write_closed;
+        if (!done || !w->in_flight.empty() || w->condemned || !w->alive()) {
+            w->idle_done_since.reset();
+            continue;
+        }
+        if (!w->idle_done_since) w->idle_done_since = now;
+        else if (now - *w->idle_done_since > kLingerTimeout) condemn(*w, nullptr);
     }
     if (spawning > 0 && server_alive && now - spawn_requested > kSpawnTimeout) {
         spawning = 0;
@@ -846,6 +900,7 @@ void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>&
         if (w->condemned || !w->alive()) continue;
         if (w->phase == Worker::Phase::entering) consider(w->phase_since + kEntryTimeout);
         if (options.task_timeout && !w->in_flight.empty()) consider(w->head_since + *options.task_timeout);
+        if (w->idle_done_since) consider(*w->idle_done_since + kLingerTimeout);
     }
     if (spawning > 0) consider(spawn_requested + kSpawnTimeout);
     if (sigkill_at) consider(*sigkill_at);
@@ -882,15 +937,21 @@ void PoolCore::Impl::run_dispatcher() {
     std::vector<pollfd> fds;
     std::vector<Worker*> polled;
     for (;;) {
-        take_requests();
-        take_bus_answers();
-        // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
-        // event would follow to bring the loop back to it.
-        assign_tasks();
-        if (retired()) break;
-        poll_events(fds, polled);
-        enforce_deadlines();
-        finalize_dead_workers();
+        try {
+            take_requests();
+            take_bus_answers();
+            // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
+            // event would follow to bring the loop back to it.
+            assign_tasks();
+            if (retired()) break;
+            poll_events(fds, polled);
+            enforce_deadlines();
+            finalize_dead_workers();
+        } catch (...) {
+            // Nothing a worker sends gets here (read_worker contains it); memory running out in the owner might.
+            // The pool cannot be trusted to go on, but it must not take the owner down with it.
+            break_pool(std::current_exception());
+        }
     }
     std::lock_guard lock(mutex);
     dispatcher_done = true;
@@ -937,8 +998,8 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
 
 bool PoolCore::cancel(const std::shared_ptr<TaskState>& task) {
     if (!task) return false;
-    const int before = task->status.load();
-    if (!task->claim()) return false;
+    const int before = task->claim_from();
+    if (before == TaskState::resolved) return false;
     const char* why = before == TaskState::queued ? "the task was cancelled before it started"
                                                   : "the task was cancelled; if it had started, its worker was killed";
     try {
@@ -1003,7 +1064,7 @@ std::vector<pid_t> PoolCore::worker_pids() const {
     return impl_->pids;
 }
 
-std::size_t PoolCore::max_workers() const noexcept { return impl_->target_workers; }
+std::size_t PoolCore::max_workers() const noexcept { return impl_->target_workers.load(); }
 
 const WireLimits& PoolCore::limits() const noexcept { return impl_->limits; }
 

@@ -313,9 +313,9 @@ void ProcessCore::start(const Body& body) {
     const pid_t owner = getpid();
     const int child_reply = reply_pipe[1], child_release = release_pipe[0];
     auto child_body = [&, child_reply, child_release](pid_t parent) {
-        detach_from_owner_state();
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // first: a child that dies with its reaper can never be left over
         if (::getppid() != parent) ::_exit(127);
+        detach_from_owner_state();
         ::close(release_write);
         pid_t main_pid = 0;
         ssize_t n;
@@ -334,6 +334,7 @@ void ProcessCore::start(const Body& body) {
         std::fflush(nullptr);
         ::_exit(0);
     };
+    prepare_exit_guard();
     pid_t reaper = ::fork();
     if (reaper < 0) {
         int err = errno;
@@ -372,20 +373,34 @@ void ProcessCore::start(const Body& body) {
         uint32_t main_pid = verified_main_pid(*unit_);
         manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(pid_)});
         pid_t to_send = static_cast<pid_t>(main_pid);
-        if (::write(release_write, &to_send, sizeof to_send) != sizeof to_send)
+        if (write_without_sigpipe(release_write, reinterpret_cast<const char*>(&to_send), sizeof to_send) !=
+            sizeof to_send)
             throw Error("cannot release the child: " + errno_text(errno));
         ::close(release_write);
         release_write = -1;
-        // Wait for "entered" (or the step that failed).
+        // Wait for "entered" (or the step that failed), or the child's end: end of file on the pipe alone could
+        // come late, as a process the owner forks meanwhile holds a copy of its write end until it execs.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
         for (;;) {
             if (auto frame = next_frame()) {
                 decode_reply<void>(*frame, limits_);  // throws SetupError for a failed step
                 return;
             }
-            if (reply_eof_) break;
-            pollfd fds[1] = {{reply_fd_, POLLIN, 0}};
-            ::poll(fds, 1, -1);
+            if (reply_eof_ || channel_error_) break;
+            auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0)
+                throw SetupError("enter the unit", 0, "the child " + std::to_string(pid_) + " did not report within 30 s");
+            pollfd fds[2] = {{reply_fd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+            ::poll(fds, 2, static_cast<int>(left.count()));
             read_available();
+            if (fds[1].revents & POLLIN) {
+                read_available();
+                if (auto frame = next_frame()) {
+                    decode_reply<void>(*frame, limits_);
+                    return;
+                }
+                break;
+            }
         }
         join(std::nullopt);
         throw SetupError("enter the unit", 0, "the child " + describe_exit(exit_status_.value_or(0)) +
@@ -408,9 +423,21 @@ std::optional<std::string> ProcessCore::next_frame() {
 
 void ProcessCore::reap() {
     ReaperReport ended{};
-    ssize_t got;
-    do got = receive_with_fds(report_fd_, &ended, sizeof ended);
-    while (got == static_cast<ssize_t>(sizeof ended) && ended.kind != ReaperReport::ended);
+    ssize_t got = -1;
+    for (;;) {
+        // The reaper reports at once; one that cannot (stopped by a task of the same uid, say) is not waited for
+        // more than 10 s, nor once it has ended.
+        pollfd fds[2] = {{report_fd_, POLLIN, 0}, {reaper_pidfd_, POLLIN, 0}};
+        int r = ::poll(fds, reaper_pidfd_ >= 0 ? 2 : 1, 10'000);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0 || !(fds[0].revents & (POLLIN | POLLHUP))) {
+            if (reaper_pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, reaper_pidfd_, SIGKILL, nullptr, 0);
+            got = -1;
+            break;
+        }
+        got = receive_with_fds(report_fd_, &ended, sizeof ended);
+        if (got != static_cast<ssize_t>(sizeof ended) || ended.kind == ReaperReport::ended) break;
+    }
     if (got == static_cast<ssize_t>(sizeof ended)) {
         exit_status_ = exit_status_from_wait_status(ended.value);
     } else {

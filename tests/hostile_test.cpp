@@ -237,6 +237,24 @@ TEST_F(HostileTest, AWorkerLostDuringShutdownIsReplacedUntilEveryTaskHasRun) {
     for (int i = 0; i < 10; ++i) EXPECT_EQ(queued[i].get(), i * i);
 }
 
+TEST_F(HostileTest, AnIdleWorkerThatIsStoppedIsReplacedAndGetsNoTask) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+    EXPECT_EQ(pool.submit(&square, 2).get(), 4);
+    const pid_t stopped = pool.worker_pids().at(0);
+    ASSERT_EQ(::kill(stopped, SIGSTOP), 0);
+    // The fork server reports the stop; the pool ends the idle worker and forks another. (A task submitted before
+    // the report arrives may still go to the stopped worker: it then waits for it, like any task it runs.)
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline &&
+           (pool.worker_pids().size() != 1 || pool.worker_pids().front() == stopped))
+        std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(pool.worker_pids().size(), 1u);
+    EXPECT_NE(pool.worker_pids().front(), stopped);
+    auto f = pool.submit(&square, 3);
+    ASSERT_EQ(f.wait_for(20s), std::future_status::ready);
+    EXPECT_EQ(f.get(), 9);
+}
+
 // The owner's SIGCHLD setup, set for one test and restored after it.
 class SigchldTest : public SystemdTest {
 protected:

@@ -153,9 +153,9 @@ public:
         : future_(std::move(future)), state_(std::move(state)) {}
     std::future<R>& future() noexcept { return future_; }
     std::future<R> take_future() noexcept { return std::move(future_); }
-    // True when the task had not finished: its future throws TaskCancelled. A task not started yet (queued, or
-    // sent ahead to a worker's window) never runs; a running one has its worker killed and replaced, and no other
-    // task is affected. False when it had already finished.
+    // True when the task had not finished: its future throws TaskCancelled. A queued task never runs; a running
+    // one has its worker killed and replaced, and no other task is affected; one sent ahead to a worker's window
+    // may still run there, and its answer is dropped. False when it had already finished.
     bool cancel() { return detail::PoolCore::cancel(state_); }
 
 private:
@@ -222,7 +222,7 @@ public:
         return results;
     }
 
-    // Stops accepting tasks. cancel_pending: tasks not yet started fail with TaskCancelled. wait: returns once
+    // Stops accepting tasks. cancel_pending: tasks still queued (not sent to a worker) fail with TaskCancelled. wait: returns once
     // every task has finished and the workers have exited (the unit itself is stopped by the destructor).
     void shutdown(bool wait = true, bool cancel_pending = false) { core_.shutdown(wait, cancel_pending); }
 
