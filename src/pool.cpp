@@ -784,8 +784,10 @@ void PoolCore::Impl::finalize_dead_workers() {
         if (!w.in_flight.empty()) {
             // systemd's SIGTERM or SIGKILL, and the anchor still there: was the unit stopped, or this worker alone
             // killed? The manager says, on the bus thread; the worker waits here until it has.
+            // (A SIGKILL the cgroup's OOM count explains is the OOM killer's; a SIGTERM never is.)
+            const bool oom_explains_it = *w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen;
             if (!w.unit_gone_verdict && !pipe_reader_gone(anchor.get()) && ends_like_a_stopped_unit(*w.exit_status) &&
-                oom_kill_count(control_group) <= oom_kills_seen) {
+                !oom_explains_it) {
                 if (!w.awaiting_verdict) {
                     w.awaiting_verdict = true;
                     pool_bus->ask_unit_state(w.pid);
