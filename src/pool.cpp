@@ -117,6 +117,7 @@ struct Worker {
     bool stopped = false;      // stopped by a signal: takes no tasks until it continues
     bool awaiting_verdict = false;
     std::optional<bool> unit_gone_verdict;
+    std::exception_ptr entry_error;  // a replacement's failure to enter, until the manager says whether the unit stopped
     std::optional<Clock::time_point> idle_done_since;  // done with its quota and idle, yet still alive
     std::optional<int> exit_status;
 
@@ -587,6 +588,9 @@ void PoolCore::Impl::take_bus_answers() {
             break;
         case PoolBus::Answer::Kind::unit_state:
             w.unit_gone_verdict = answer.unit_gone;
+            w.awaiting_verdict = false;
+            if (w.entry_error)  // a replacement that could not start: nothing will
+                break_pool(answer.unit_gone ? std::make_exception_ptr(UnitStopped(options.unit_name)) : w.entry_error);
             break;
         }
     }
@@ -630,9 +634,16 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
         } catch (...) {
             w.condemned = true;
             w.kill();
-            // A replacement that cannot enter a unit being stopped (its main process gone) is the stop's doing.
-            if (pipe_reader_gone(anchor.get())) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-            else break_pool(std::current_exception());  // a replacement that cannot start: nothing will
+            // A replacement that cannot enter a unit being stopped (its main process gone) is the stop's doing, and
+            // the anchor pipe cannot tell yet (systemd holds its own copy of the read end until the unit is inactive):
+            // the manager says which, and the pool breaks with that.
+            w.entry_error = std::current_exception();
+            if (pipe_reader_gone(anchor.get())) {
+                break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
+            } else {
+                w.awaiting_verdict = true;
+                pool_bus->ask_unit_state(w.pid);
+            }
         }
         return;
     }
@@ -777,7 +788,7 @@ void PoolCore::Impl::finalize_dead_workers() {
     bool removed = false;
     for (auto it = workers.begin(); it != workers.end();) {
         Worker& w = **it;
-        if (!(w.eof && w.exit_status)) {
+        if (!(w.eof && w.exit_status) || (w.entry_error && w.awaiting_verdict)) {
             ++it;
             continue;
         }
