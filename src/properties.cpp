@@ -269,6 +269,51 @@ std::vector<DbusProperty> system_call_filter(std::string_view name, std::string_
     return {prop(std::string(name), sdbus::Variant(sdbus::Struct<bool, std::vector<std::string>>{allow_list, calls}))};
 }
 
+// Linux's capability numbers (linux/capability.h), by name.
+std::optional<unsigned> capability_number(std::string_view name) {
+    static constexpr std::string_view names[] = {
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+        "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"};
+    for (unsigned i = 0; i < std::size(names); ++i)
+        if (names[i] == name) return i;
+    return std::nullopt;
+}
+
+// CapabilityBoundingSet=, AmbientCapabilities=: capability names, or '~' and the names to leave out; empty: none.
+std::vector<DbusProperty> capability_set(std::string_view name, std::string_view value) {
+    std::string_view v = trim(value);
+    const bool invert = !v.empty() && v.front() == '~';
+    if (invert) v.remove_prefix(1);
+    uint64_t mask = 0;
+    for (const auto& word : parse::words(name, v)) {
+        auto number = capability_number(word);
+        if (!number) invalid(name, value, "capability names such as CAP_NET_BIND_SERVICE, optionally after '~'");
+        mask |= uint64_t{1} << *number;
+    }
+    if (invert) mask = ~mask & ((uint64_t{1} << 41) - 1);
+    return {prop(std::string(name), sdbus::Variant(mask))};
+}
+
+// RestrictAddressFamilies=: AF_ names to allow, or '~' and the names to deny.
+std::vector<DbusProperty> address_families(std::string_view name, std::string_view value) {
+    std::string_view v = trim(value);
+    bool allow_list = true;
+    if (!v.empty() && v.front() == '~') {
+        allow_list = false;
+        v.remove_prefix(1);
+    }
+    auto families = parse::words(name, v);
+    if (families.empty()) invalid(name, value, "address family names such as AF_UNIX, optionally after '~'");
+    for (const auto& f : families)
+        if (!f.starts_with("AF_") || f.size() < 4) invalid(name, value, "address family names such as AF_UNIX");
+    return {prop(std::string(name), sdbus::Variant(sdbus::Struct<bool, std::vector<std::string>>{allow_list, families}))};
+}
+
 const std::map<std::string, Converter, std::less<>>& table() {
     static const std::map<std::string, Converter, std::less<>> t = [] {
         std::map<std::string, Converter, std::less<>> m;
@@ -318,6 +363,14 @@ const std::map<std::string, Converter, std::less<>>& table() {
             }
         };
         m["SystemCallFilter"] = system_call_filter;
+        m["RestrictAddressFamilies"] = address_families;
+        m["CapabilityBoundingSet"] = capability_set;
+        m["AmbientCapabilities"] = capability_set;
+        for (const char* n : {"ProtectKernelLogs", "PrivateIPC", "PrivateMounts"}) m[n] = boolean_property();
+        for (const char* n : {"ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "SystemCallArchitectures"})
+            m[n] = [](std::string_view name, std::string_view value) {
+                return std::vector{prop(std::string(name), sdbus::Variant(parse::words(name, value)))};
+            };
         // execution environment
         m["Nice"] = [](std::string_view name, std::string_view value) {
             auto n = integer<int32_t>(value);
