@@ -275,6 +275,19 @@ std::string default_unit_name(const char* kind) {
            suffix + ".service";
 }
 
+void add_library_defaults(std::vector<DbusProperty>& extra, const Properties& user, const std::string& description) {
+    if (!user.contains("Delegate"))  // forked work needs it to be attached; exec'd work may turn it off
+        extra.emplace_back("Delegate", sdbus::Variant(true));
+    if (!user.contains("CollectMode"))  // nothing lingers loaded or failed
+        extra.emplace_back("CollectMode", sdbus::Variant(std::string("inactive-or-failed")));
+    if (!user.contains("TimeoutStopSec"))  // work that ignores SIGTERM is killed 1 s later
+        extra.emplace_back("TimeoutStopUSec", sdbus::Variant(uint64_t{1'000'000}));
+    if (!user.contains("Description")) extra.emplace_back("Description", sdbus::Variant(description));
+    // Keeps a failed unit loaded until wait_anchored_start has read why it failed (CollectMode= would collect it
+    // at once); the reference is this bus client's and goes with its connection at the latest.
+    extra.emplace_back("AddRef", sdbus::Variant(true));
+}
+
 std::vector<DbusProperty> anchored_service_properties(const Properties& user, int anchor_read_fd,
                                                       const std::string& description) {
     using Exec = sdbus::Struct<std::string, std::vector<std::string>, bool>;
@@ -286,15 +299,7 @@ std::vector<DbusProperty> anchored_service_properties(const Properties& user, in
     extra.emplace_back("StandardInputFileDescriptor", detail::fd_variant(anchor_read_fd, "the unit's anchor pipe"));
     extra.emplace_back("StandardOutput", sdbus::Variant(std::string("null")));
     extra.emplace_back("StandardError", sdbus::Variant(std::string("null")));
-    extra.emplace_back("Delegate", sdbus::Variant(true));
-    if (!user.contains("CollectMode"))  // nothing lingers loaded or failed
-        extra.emplace_back("CollectMode", sdbus::Variant(std::string("inactive-or-failed")));
-    if (!user.contains("TimeoutStopSec"))  // work that ignores SIGTERM is killed 1 s later
-        extra.emplace_back("TimeoutStopUSec", sdbus::Variant(uint64_t{1'000'000}));
-    if (!user.contains("Description")) extra.emplace_back("Description", sdbus::Variant(description));
-    // Keeps a failed unit loaded until wait_anchored_start has read why it failed (CollectMode= would collect it
-    // at once); the reference is this bus client's and goes with its connection at the latest.
-    extra.emplace_back("AddRef", sdbus::Variant(true));
+    add_library_defaults(extra, user, description);
     return extra;
 }
 

@@ -25,6 +25,10 @@ std::string default_unit_name(const char* kind);
 std::vector<DbusProperty> anchored_service_properties(const Properties& user, int anchor_read_fd,
                                                       const std::string& description);
 
+// What every unit of the library gets besides its main program: Delegate=yes, AddRef=yes, and defaults for
+// CollectMode=, TimeoutStopSec= and Description= the user did not set.
+void add_library_defaults(std::vector<DbusProperty>& extra, const Properties& user, const std::string& description);
+
 // The unit's main process, checked to be the exec'd anchor program (never a just-forked, not yet set up
 // process whose identity is still root's). Throws Error otherwise.
 uint32_t verified_main_pid(const Unit& unit);

@@ -38,11 +38,9 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
 // its channel closes or its task quota is used up. Each reply is sent as soon as its task returns, never held
 // back to batch with the next: if the next task crashes the worker, the finished one's result must already be
 // on its way, or the owner would blame the wrong task. Each reply carries the id of the task it answers.
-[[noreturn]] void worker_main(int socket, pid_t server, const WorkerConfig& config) {
-    detach_from_owner_state();
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != server) ::_exit(127);
-    MessageReader reader(kMaxTaskMessageBytes);
+// How a worker forked outside the unit gets into it: released once the owner attached it, it enters (unit_entry).
+// Returns the descriptor its channel is on afterwards.
+int enter_after_release(int socket, pid_t server, const WorkerConfig& config, MessageReader& reader) {
     Message release;
     try {
         if (!receive_message(socket, reader, release) || release.body.size() != sizeof(pid_t)) ::_exit(127);
@@ -51,12 +49,32 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
     }
     pid_t main_pid = 0;
     std::memcpy(&main_pid, release.body.data(), sizeof main_pid);
-
     EntryFailure failure;
     if (!enter_unit(EntryRequest{main_pid, server, socket, config.keep_stdio}, failure)) {
         report_setup_failure(failure.channel_fd, failure.step, failure.error_number, failure.detail);
     }
-    const int fd = kEnteredPipeFd;
+    return kEnteredPipeFd;
+}
+
+// A worker born inside the unit (StartMethod::exec) has its identity and sandbox from systemd already; it only
+// puts its channel where workers keep it and closes what else its server had open.
+int settle_in_unit(int socket) {
+    if (socket != kEnteredPipeFd && ::dup2(socket, kEnteredPipeFd) < 0) ::_exit(127);
+    ::fcntl(kEnteredPipeFd, F_SETFD, FD_CLOEXEC);
+    ::syscall(SYS_close_range, kEnteredPipeFd + 1, ~0u, 0);
+    return kEnteredPipeFd;
+}
+
+// A worker: gets into the unit, then runs tasks until its channel closes or its task quota is used up. Each reply
+// is sent as soon as its task returns, never held back to batch with the next: if the next task crashes the
+// worker, the finished one's result must already be on its way, or the owner would blame the wrong task. Each
+// reply carries the id of the task it answers.
+[[noreturn]] void worker_main(int socket, pid_t server, const WorkerConfig& config) {
+    detach_from_owner_state();
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != server) ::_exit(127);
+    MessageReader reader(kMaxTaskMessageBytes);
+    const int fd = config.born_in_unit ? settle_in_unit(socket) : enter_after_release(socket, server, config, reader);
     if (config.initializer) {
         try {
             config.initializer();
@@ -81,8 +99,9 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
             auto [invoker, function, arguments] =
                 unpack_value<std::tuple<std::uint64_t, std::uint64_t, std::string>>(task.body.view(),
                                                                                    WireLimits{kMaxTaskMessageBytes});
-            reply = reinterpret_cast<TaskInvoker>(static_cast<std::uintptr_t>(invoker))(
-                static_cast<std::uintptr_t>(function), arguments, config.limits);
+            const auto code = [&](std::uint64_t at) { return config.code_base + static_cast<std::uintptr_t>(at); };
+            reply = reinterpret_cast<TaskInvoker>(code(invoker))(function ? code(function) : 0, arguments,
+                                                                 config.limits);
         } catch (...) {
             reply = encode_exception_reply(std::current_exception());
         }

@@ -31,6 +31,10 @@ struct WorkerConfig {
     std::size_t max_tasks = 0;  // 0: unlimited
     bool keep_stdio = false;
     std::function<void()> initializer;
+    // StartMethod::exec: the fork server is the unit's main process, so its workers are born inside the unit
+    // (nothing to attach, release or enter), and a task names its code by offset from this process's image.
+    bool born_in_unit = false;
+    std::uintptr_t code_base = 0;  // added to a task's invoker and function (0: they are addresses already)
 };
 
 // The fork server of one pool, as its owner holds it.

@@ -23,7 +23,10 @@
 #include "anchored_unit.hpp"
 #include "channel.hpp"
 #include "fd_util.hpp"
+#include "exec_server.hpp"
 #include "fork_server.hpp"
+#include "program_image.hpp"
+#include "property_reach.hpp"
 #include "pool_bus.hpp"
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
@@ -42,6 +45,10 @@ struct TaskState {
     std::atomic<int> status{queued};
     std::uint64_t id = 0;  // unguessable: a worker's reply must name the task it answers
     PoolCore::Submission submission;
+    // What the worker is told to run: the invoker's and the function's addresses, or (exec) their offsets in the
+    // program's image.
+    std::uintptr_t invoker_code = 0;
+    std::uintptr_t function_code = 0;
     PoolCore::Impl* pool = nullptr;
 
     // Claims the right to resolve the task: the status it had, or `resolved` when someone else already did.
@@ -142,7 +149,8 @@ struct PoolCore::Impl {
     std::optional<Unit> unit;
     std::string control_group;
     uint32_t main_pid = 0;
-    Fd anchor;  // write end of the unit main process's stdin: the owner's lifeline
+    bool exec = false;  // StartMethod::exec: the fork server is the unit's main process, its workers born inside
+    Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline
     Fd wake;    // eventfd: new tasks, cancellations, bus answers, shutdown
     std::uint64_t id_key = 0;
 
@@ -179,6 +187,8 @@ struct PoolCore::Impl {
     ~Impl();
 
     // construction
+    void start_attached(Manager& manager, const WorkerConfig& config);
+    void start_exec(Manager& manager, const WorkerConfig& config);
     void spawn_initial_workers();
     void wait_until_entered(Worker& w);
     void teardown() noexcept;
@@ -211,6 +221,7 @@ struct PoolCore::Impl {
     void update_pids();
     void wake_up();
     std::size_t live_workers() const;
+    bool main_process_gone() const;
 
     // tasks
     void task_finished();
@@ -219,25 +230,34 @@ struct PoolCore::Impl {
 
 PoolCore::Impl::Impl(Properties p, PoolOptions o)
     : properties(std::move(p)), options(std::move(o)), limits{options.max_result_bytes, WireLimits{}.max_depth} {
-    check_properties_reach_forked_children(properties);
+    exec = options.start_method == StartMethod::exec;
+    check_properties_for_start_method(properties, options.start_method);
     target_workers = options.max_workers ? options.max_workers : default_worker_count(properties);
     options.max_window = std::max<std::size_t>(options.max_window, 1);
     if (options.unit_name.empty()) options.unit_name = default_unit_name("pool");
     bus = options.bus ? *options.bus : Bus::automatic();
     unit.emplace(*bus, options.unit_name);
-    require_support(*bus, properties);
+    if (!exec) require_support(*bus, properties);
+    else check_identity_and_paths(properties);
     const WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
     if (options.start_method == StartMethod::forkserver) check_zygote_can_serve(config);
+    if (exec) check_exec_can_serve(config);
     id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
-
-    int anchor_pipe[2];
-    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
-    anchor = Fd(anchor_pipe[1]);
-    Fd anchor_read(anchor_pipe[0]);
     wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake) throw Error("cannot create the dispatcher's wake-up eventfd: " + errno_text(errno));
 
     Manager manager(*bus);
+    if (exec) start_exec(manager, config);
+    else start_attached(manager, config);
+}
+
+// fork, forkserver: the unit's main process is cat reading the owner's anchor pipe; the workers are forked
+// outside, attached, released, and enter the unit themselves (unit_entry.hpp).
+void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
+    int anchor_pipe[2];
+    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
+    anchor = Fd(anchor_pipe[1]);
+    Fd anchor_read(anchor_pipe[0]);
     PendingJob job = manager.start_transient_unit_async(
         options.unit_name, properties,
         anchored_service_properties(properties, anchor_read.get(), "sdfutures pool of pid " + std::to_string(getpid())));
@@ -259,6 +279,35 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
                 throw Error("cannot release worker " + std::to_string(w->pid) + ": " + errno_text(errno));
             w->phase = Worker::Phase::entering;
         }
+        for (auto& w : workers) wait_until_entered(*w);
+        update_pids();
+        pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
+        dispatcher = std::thread([this] { run_dispatcher(); });
+    } catch (...) {
+        pool_bus.reset();
+        teardown();
+        throw;
+    }
+}
+
+// exec: systemd executes this program as the unit's main process, which serves as the fork server from inside
+// sdfutures::init() (exec_server.hpp); its workers are born in the unit and report "entered" on their own.
+void PoolCore::Impl::start_exec(Manager& manager, const WorkerConfig& config) {
+    ExecServerLaunch launch = prepare_exec_server(config);
+    PendingJob job = manager.start_transient_unit_async(
+        options.unit_name, properties,
+        exec_service_properties(properties, launch, options.keep_stdio,
+                                "sdfutures pool of pid " + std::to_string(getpid()) + " (exec)"));
+    launch.server_end.reset();  // systemd holds its own copies
+    launch.executable.reset();
+    try {
+        wait_anchored_start(*bus, job, properties);
+        main_pid = unit->main_pid();
+        control_group = unit->control_group();
+        oom_kills_seen = oom_kill_count(control_group);
+        server = await_exec_server(launch, static_cast<pid_t>(main_pid), kSpawnTimeout);
+        request_spawn(target_workers.load());
+        spawn_initial_workers();
         for (auto& w : workers) wait_until_entered(*w);
         update_pids();
         pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
@@ -481,6 +530,7 @@ std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> p
                              : ""));
     }
     auto w = std::make_unique<Worker>(limits.max_frame_bytes);
+    if (exec) w->phase = Worker::Phase::entering;  // born in the unit: nothing to attach or release
     w->pid = pid;
     w->socket = std::move(passed[0]);
     w->pidfd = std::move(passed[1]);
@@ -500,7 +550,10 @@ void PoolCore::Impl::handle_server_events() {
             spawning = 0;
             for (auto& w : workers)
                 if (w->alive()) w->exit_status = -SIGKILL, w->eof = true;
-            break_pool(std::make_exception_ptr(Error("the pool's fork server ended; the pool cannot go on")));
+            // exec: the server is the unit's main process, and the unit stops with it (systemctl stop, or a task
+            // that killed its own server: both end the unit).
+            break_pool(exec ? std::make_exception_ptr(UnitStopped(options.unit_name))
+                            : std::make_exception_ptr(Error("the pool's fork server ended; the pool cannot go on")));
             return;
         }
         if (event.kind == ForkServerEvent::spawned) {
@@ -525,7 +578,7 @@ void PoolCore::Impl::handle_server_events() {
             } else {
                 ::fcntl(w.socket.get(), F_SETFL, O_NONBLOCK);
                 w.phase_since = Clock::now();
-                pool_bus->attach(w.pid);  // answered in take_bus_answers()
+                if (!exec) pool_bus->attach(w.pid);  // answered in take_bus_answers()
             }
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             if (spawning > 0) --spawning;
@@ -578,7 +631,7 @@ void PoolCore::Impl::take_bus_answers() {
         case PoolBus::Answer::Kind::attach_failed:
             w.condemned = true;
             w.kill();
-            if (answer.unit_gone || pipe_reader_gone(anchor.get())) {
+            if (answer.unit_gone || main_process_gone()) {
                 break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
             } else if (live_workers() == 0 || target_workers.load() <= 1) {
                 break_pool(answer.error);  // nothing left to run tasks, and no way to add a worker
@@ -638,7 +691,7 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
             // the anchor pipe cannot tell yet (systemd holds its own copy of the read end until the unit is inactive):
             // the manager says which, and the pool breaks with that.
             w.entry_error = std::current_exception();
-            if (pipe_reader_gone(anchor.get())) {
+            if (main_process_gone()) {
                 break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
             } else {
                 w.awaiting_verdict = true;
@@ -739,8 +792,7 @@ void PoolCore::Impl::assign_tasks() {
             }
             if (!task) break;
             if (w->in_flight.empty()) w->head_since = Clock::now();
-            w->writer.queue(task->id, encode_task(reinterpret_cast<std::uintptr_t>(task->submission.invoker),
-                                                  task->submission.function, task->submission.arguments));
+            w->writer.queue(task->id, encode_task(task->invoker_code, task->function_code, task->submission.arguments));
             w->in_flight.push_back(std::move(task));
             ++w->assigned;
             // Its replacement starts while it finishes its last task.
@@ -764,7 +816,7 @@ void PoolCore::Impl::fail_dead_workers_task(Worker& w) {
     auto head = std::move(w.in_flight.front());
     w.in_flight.pop_front();
     std::exception_ptr error;
-    bool stopped = pipe_reader_gone(anchor.get()) || w.unit_gone_verdict.value_or(false);
+    bool stopped = main_process_gone() || w.unit_gone_verdict.value_or(false);
     if (stopped) {
         error = std::make_exception_ptr(UnitStopped(options.unit_name));
     } else {
@@ -797,7 +849,7 @@ void PoolCore::Impl::finalize_dead_workers() {
             // killed? The manager says, on the bus thread; the worker waits here until it has.
             // (A SIGKILL the cgroup's OOM count explains is the OOM killer's; a SIGTERM never is.)
             const bool oom_explains_it = *w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen;
-            if (!w.unit_gone_verdict && !pipe_reader_gone(anchor.get()) && ends_like_a_stopped_unit(*w.exit_status) &&
+            if (!w.unit_gone_verdict && !main_process_gone() && ends_like_a_stopped_unit(*w.exit_status) &&
                 !oom_explains_it) {
                 if (!w.awaiting_verdict) {
                     w.awaiting_verdict = true;
@@ -878,6 +930,14 @@ void PoolCore::Impl::enforce_deadlines() {
     }
 }
 
+// fork, forkserver: cat, the anchor pipe's reader, ended; exec: the fork server itself, the unit's main process.
+// Either way systemd stops the unit with it.
+bool PoolCore::Impl::main_process_gone() const {
+    if (!exec) return pipe_reader_gone(anchor.get());
+    pollfd p{server.pidfd.get(), POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 bool PoolCore::Impl::retired() {
     {
         std::lock_guard lock(mutex);
@@ -897,7 +957,9 @@ void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>&
     polled.clear();
     fds.push_back({wake.get(), POLLIN, 0});
     fds.push_back({server.control.get(), POLLIN, 0});
-    fds.push_back({anchor.get(), 0, 0});  // POLLERR once the unit's main process is gone
+    // POLLERR once the unit's main process is gone (the anchor pipe's reader, or the exec'd server's pidfd).
+    if (exec) fds.push_back({server.pidfd.get(), POLLIN, 0});
+    else fds.push_back({anchor.get(), 0, 0});
     constexpr std::size_t kFixed = 3;
     for (auto& w : workers) {
         if (w->eof) continue;
@@ -935,7 +997,7 @@ void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>&
         if ((revents & POLLOUT) && !w.eof) flush_worker(w);
     }
     if (fds[1].revents) handle_server_events();
-    if (fds[2].revents & POLLERR) {
+    if (fds[2].revents & (POLLERR | POLLIN)) {
         bool already;
         {
             std::lock_guard lock(mutex);
@@ -987,6 +1049,12 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
     tasks.reserve(submissions.size());
     for (auto& s : submissions) {
         auto task = std::make_shared<TaskState>();
+        task->invoker_code = reinterpret_cast<std::uintptr_t>(s.invoker);
+        task->function_code = s.function;
+        if (impl_->exec) {  // refused here, before anything is queued, when it is not code of the executable
+            task->invoker_code = image_offset(task->invoker_code, "task's code (its invoker)");
+            if (task->function_code) task->function_code = image_offset(task->function_code, "task function");
+        }
         task->submission = std::move(s);
         task->pool = impl_.get();
         tasks.push_back(std::move(task));

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <mutex>
 
+#include "exec_server.hpp"
 #include "forked_child.hpp"
 #include "sdfutures/init.hpp"
 
@@ -158,7 +159,9 @@ pid_t zygote_pid() noexcept {
 
 }  // namespace detail
 
-void init(int /*argc*/, char** /*argv*/) {
+void init(int argc, char** argv) {
+    // A process systemd executed for a StartMethod::exec pool serves it from here and never returns.
+    if (detail::exec_server_requested(argc, argv)) detail::exec_server_main();
     detail::ZygoteHandle& z = detail::zygote();
     std::lock_guard lock(z.mutex);
     if (z.socket && z.owner == ::getpid()) return;

@@ -14,6 +14,15 @@ enum class StartMethod {
     // later (keys, tokens, other users' data). Needs sdfutures::init(argc, argv) first in main(), and an
     // initializer (if any) that is a plain function pointer.
     forkserver,
+    // systemd itself executes the program as the unit's main process (the very file this process runs, by
+    // descriptor), and that process, inside sdfutures::init(), forks the workers: nothing is attached and
+    // nothing of the owner is copied, not its memory, locks, descriptors or environment. Every property
+    // systemd accepts for a service applies, since systemd applied it: DynamicUser=, SystemCallFilter=,
+    // RestrictAddressFamilies=, PrivateDevices=, MemoryDenyWriteExecute=, CapabilityBoundingSet=, ... Needs
+    // sdfutures::init(argc, argv) as the first statement of main(); tasks and the initializer must be code of
+    // the program's own executable (not of a shared library or dlopen()). The program's static constructors
+    // run again in the exec'd process before main() reaches init().
+    exec,
 };
 
 }  // namespace sdfutures

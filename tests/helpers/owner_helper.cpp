@@ -18,6 +18,7 @@
 #endif
 
 int main(int argc, char** argv) {
+    sdfutures::init(argc, argv);  // first: a "pool-exec" owner's server is this program, executed by systemd
 #ifdef OWNER_HELPER_TSAN
     // ThreadSanitizer gives a child forked from a single-threaded process a background thread, and a process of
     // two threads cannot join the unit's mount namespace; a child of a multi-threaded process gets none.
@@ -35,8 +36,11 @@ int main(int argc, char** argv) {
         std::cout << p.unit().name() << " " << p.pid() << std::endl;
         for (;;) pause();
     }
-    if (kind == "pool") {
-        sdfutures::TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 2});
+    if (kind.starts_with("pool")) {
+        auto method = kind == "pool-exec"         ? sdfutures::StartMethod::exec
+                      : kind == "pool-forkserver" ? sdfutures::StartMethod::forkserver
+                                                  : sdfutures::StartMethod::fork;
+        sdfutures::TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 2, .start_method = method});
         auto busy = pool.submit(+[] {
             for (;;) pause();
         });
