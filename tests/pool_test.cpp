@@ -55,17 +55,33 @@ int crash(int how) {
     return how;
 }
 
-class PoolTest : public SystemdTest {};
+// The whole pool contract, for each start method.
+class PoolTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
+protected:
+    PoolOptions with_method(PoolOptions options) const {
+        options.start_method = GetParam();
+        return options;
+    }
+};
 
-TEST_F(PoolTest, TenThousandSmallTasksAllResolveCorrectly) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+std::string method_name(const ::testing::TestParamInfo<StartMethod>& info) {
+    switch (info.param) {
+        case StartMethod::fork: return "fork";
+        case StartMethod::forkserver: return "forkserver";
+        case StartMethod::exec: return "exec";
+    }
+    return "unknown";
+}
+
+TEST_P(PoolTest, TenThousandSmallTasksAllResolveCorrectly) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     std::vector<std::future<int>> futures;
     for (int i = 0; i < 10000; ++i) futures.push_back(pool.submit(&square, i));
     for (int i = 0; i < 10000; ++i) ASSERT_EQ(futures[static_cast<size_t>(i)].get(), i * i);
 }
 
-TEST_F(PoolTest, MapKeepsInputOrderAndLambdasWithoutCapturesWork) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 3});
+TEST_P(PoolTest, MapKeepsInputOrderAndLambdasWithoutCapturesWork) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 3}));
     std::vector<int> inputs(500);
     for (int i = 0; i < 500; ++i) inputs[static_cast<size_t>(i)] = 499 - i;
     auto out = pool.map(&twice, inputs);
@@ -76,18 +92,18 @@ TEST_F(PoolTest, MapKeepsInputOrderAndLambdasWithoutCapturesWork) {
     EXPECT_EQ(pool.submit([](int a, std::string b) { return b + std::to_string(a); }, 7, std::string("x")).get(), "x7");
 }
 
-TEST_F(PoolTest, ACpuQuotaOfAQuarterHoldsForTwoBusyWorkers) {
-    TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}}, {.max_workers = 2});
+TEST_P(PoolTest, ACpuQuotaOfAQuarterHoldsForTwoBusyWorkers) {
+    TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}}, with_method({.max_workers = 2}));
     auto a = pool.submit(&burn, 5000);
     auto b = pool.submit(&burn, 5000);
     double share = (a.get() + b.get()) / 5.0;
     EXPECT_NEAR(share, 0.25, 0.03) << "CPU time of both workers over 5 s of wall time";
 }
 
-TEST_F(PoolTest, DefaultWorkerCountFollowsTheQuota) {
-    TransientUnitPoolExecutor quarter({{"CPUQuota", "25%"}});
+TEST_P(PoolTest, DefaultWorkerCountFollowsTheQuota) {
+    TransientUnitPoolExecutor quarter({{"CPUQuota", "25%"}}, with_method({}));
     EXPECT_EQ(quarter.max_workers(), 1u);
-    TransientUnitPoolExecutor one_and_a_half({{"CPUQuota", "150%"}});
+    TransientUnitPoolExecutor one_and_a_half({{"CPUQuota", "150%"}}, with_method({}));
     EXPECT_EQ(one_and_a_half.max_workers(), std::min<size_t>(2, std::thread::hardware_concurrency()));
     EXPECT_EQ(one_and_a_half.worker_pids().size(), one_and_a_half.max_workers());
 }
@@ -111,9 +127,9 @@ WorkerIdentity identify() {
     return id;
 }
 
-TEST_F(PoolTest, WorkersRunAsNobodyWithNobodysGroupsAndOnlyTheLibrarysDescriptors) {
+TEST_P(PoolTest, WorkersRunAsNobodyWithNobodysGroupsAndOnlyTheLibrarysDescriptors) {
     passwd* nobody = getpwnam("nobody");
-    TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 2});
+    TransientUnitPoolExecutor pool({{"User", "nobody"}}, with_method({.max_workers = 2}));
     auto ids = pool.map([](int) { return identify(); }, std::vector<int>{1, 2, 3, 4});
     for (auto& id : ids) {
         EXPECT_EQ(id.uid, nobody->pw_uid);
@@ -125,8 +141,8 @@ TEST_F(PoolTest, WorkersRunAsNobodyWithNobodysGroupsAndOnlyTheLibrarysDescriptor
         EXPECT_NE(testing::cgroup_of(pid).find(pool.unit().name()), std::string::npos);
 }
 
-TEST_F(PoolTest, EachFaultFailsExactlyItsOwnFutureAndThePoolGoesOn) {
-    TransientUnitPoolExecutor pool(testing::memory_max_without_swap("64M"), {.max_workers = 2});
+TEST_P(PoolTest, EachFaultFailsExactlyItsOwnFutureAndThePoolGoesOn) {
+    TransientUnitPoolExecutor pool(testing::memory_max_without_swap("64M"), with_method({.max_workers = 2}));
     const std::pair<int, int> kinds[] = {{0, -SIGSEGV}, {1, -SIGABRT}, {2, 3}, {3, -SIGKILL}};
     for (auto [how, status] : kinds) {
         SCOPED_TRACE(how);
@@ -152,8 +168,8 @@ TEST_F(PoolTest, EachFaultFailsExactlyItsOwnFutureAndThePoolGoesOn) {
     EXPECT_EQ(pool.worker_pids().size(), 2u);
 }
 
-TEST_F(PoolTest, TaskTimeoutKillsAHungTaskAndThePoolGoesOn) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1, .task_timeout = 300ms});
+TEST_P(PoolTest, TaskTimeoutKillsAHungTaskAndThePoolGoesOn) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1, .task_timeout = 300ms}));
     auto t0 = std::chrono::steady_clock::now();
     auto hung = pool.submit(+[] {
         for (;;) pause();
@@ -165,8 +181,8 @@ TEST_F(PoolTest, TaskTimeoutKillsAHungTaskAndThePoolGoesOn) {
     EXPECT_EQ(pool.submit(&square, 6).get(), 36);
 }
 
-TEST_F(PoolTest, StoppingTheUnitFromOutsideFailsEveryFutureQuickly) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(PoolTest, StoppingTheUnitFromOutsideFailsEveryFutureQuickly) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     std::vector<std::future<double>> futures;
     for (int i = 0; i < 20; ++i) futures.push_back(pool.submit(&burn, 60'000));
     while (pool.worker_pids().size() < 2) std::this_thread::sleep_for(1ms);
@@ -180,11 +196,11 @@ TEST_F(PoolTest, StoppingTheUnitFromOutsideFailsEveryFutureQuickly) {
     EXPECT_THROW(pool.submit(&square, 1), UnitStopped);
 }
 
-TEST_F(PoolTest, NothingRemainsAfterThePoolIsDestroyed) {
+TEST_P(PoolTest, NothingRemainsAfterThePoolIsDestroyed) {
     std::string name, cgroup;
     std::vector<pid_t> pids;
     {
-        TransientUnitPoolExecutor pool({{"User", "nobody"}}, {.max_workers = 3});
+        TransientUnitPoolExecutor pool({{"User", "nobody"}}, with_method({.max_workers = 3}));
         EXPECT_EQ(pool.submit(&square, 2).get(), 4);
         name = pool.unit().name();
         cgroup = pool.unit().control_group();
@@ -198,8 +214,8 @@ TEST_F(PoolTest, NothingRemainsAfterThePoolIsDestroyed) {
     EXPECT_NE(stat(("/sys/fs/cgroup/memory" + cgroup).c_str(), &st), 0) << cgroup;
 }
 
-TEST_F(PoolTest, MaxTasksPerChildOneGivesANewWorkerPerTask) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2, .max_tasks_per_child = 1});
+TEST_P(PoolTest, MaxTasksPerChildOneGivesANewWorkerPerTask) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2, .max_tasks_per_child = 1}));
     std::vector<std::future<pid_t>> futures;
     for (int i = 0; i < 8; ++i) futures.push_back(pool.submit(&own_pid));
     std::set<pid_t> seen;
@@ -210,16 +226,17 @@ TEST_F(PoolTest, MaxTasksPerChildOneGivesANewWorkerPerTask) {
 int initialized_marker = 0;
 void mark_initialized() { initialized_marker = 42; }
 
-TEST_F(PoolTest, TheInitializerRunsInEachWorkerBeforeItsTasks) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2, .initializer = [] { mark_initialized(); }});
+TEST_P(PoolTest, TheInitializerRunsInEachWorkerBeforeItsTasks) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2, .initializer = +[] { mark_initialized(); }}));
     auto seen = pool.map([](int) { return initialized_marker; }, std::vector<int>(10, 0));
     for (int v : seen) EXPECT_EQ(v, 42);
     EXPECT_EQ(initialized_marker, 0) << "it does not run in the owner";
 }
 
-TEST_F(PoolTest, AFailingInitializerFailsConstructionClearly) {
+TEST_P(PoolTest, AFailingInitializerFailsConstructionClearly) {
     try {
-        TransientUnitPoolExecutor pool({}, {.max_workers = 1, .initializer = [] { throw std::runtime_error("no config"); }});
+        TransientUnitPoolExecutor pool(
+            {}, with_method({.max_workers = 1, .initializer = +[] { throw std::runtime_error("no config"); }}));
         FAIL() << "constructed";
     } catch (const SetupError& e) {
         EXPECT_EQ(e.step(), "initializer");
@@ -227,8 +244,8 @@ TEST_F(PoolTest, AFailingInitializerFailsConstructionClearly) {
     }
 }
 
-TEST_F(PoolTest, ATaskCanBeCancelledBeforeItStarts) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(PoolTest, ATaskCanBeCancelledBeforeItStarts) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto blocker = pool.submit(&burn, 300);
     std::vector<Task<int>> tasks;
     for (int i = 0; i < 40; ++i) tasks.push_back(pool.schedule(&square, i));
@@ -241,8 +258,8 @@ TEST_F(PoolTest, ATaskCanBeCancelledBeforeItStarts) {
     EXPECT_FALSE(tasks.front().cancel()) << "a finished task cannot be cancelled";
 }
 
-TEST_F(PoolTest, ShutdownStopsAcceptingAndCanCancelPending) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(PoolTest, ShutdownStopsAcceptingAndCanCancelPending) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     std::vector<std::future<int>> pending;
     for (int i = 0; i < 50; ++i) pending.push_back(pool.submit(&square, i));
     pool.shutdown(true, true);
@@ -262,8 +279,8 @@ TEST_F(PoolTest, ShutdownStopsAcceptingAndCanCancelPending) {
     EXPECT_TRUE(pool.worker_pids().empty());
 }
 
-TEST_F(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto f = pool.submit(+[](int x) -> int { throw std::out_of_range("index " + std::to_string(x)); }, 9);
     try {
         f.get();
@@ -276,9 +293,9 @@ TEST_F(PoolTest, ExceptionsFromTasksComeBackAsTheirTypes) {
 // Constructing a pool takes descriptors for the bus, the anchor pipe, the fork server's control socket, and a
 // socket and pidfd per worker (passed from the fork server). Running out at any of them is an sdfutures::Error
 // from the constructor, and leaves no unit, worker, fork server or descriptor behind.
-TEST_F(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
-    auto sweep = testing::sweep_descriptor_exhaustion(manager(), 32, [] {
-        TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
+    auto sweep = testing::sweep_descriptor_exhaustion(manager(), 32, [this] {
+        TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
         EXPECT_EQ(pool.submit(square, 9).get(), 81);
     });
     EXPECT_GE(sweep.failed, 6) << "a pool needs more than six new descriptors; the sweep did not reach its steps";
@@ -288,8 +305,8 @@ TEST_F(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
 
 // A replacement worker forked while the owner has no descriptor to spare: its socket and pidfd cannot reach the
 // owner, and the pool breaks with an error that says so, rather than waiting for a worker it cannot have.
-TEST_F(PoolTest, AReplacementWorkerTheOwnerCannotTakeBreaksThePoolWithANamedError) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1, .max_tasks_per_child = 1});
+TEST_P(PoolTest, AReplacementWorkerTheOwnerCannotTakeBreaksThePoolWithANamedError) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1, .max_tasks_per_child = 1}));
     // The first worker retires after one task and its replacement is forked at once; wait until the owner has
     // taken that one on, so that the worker starved below is the next.
     const pid_t retired = pool.submit(own_pid).get();
@@ -314,8 +331,8 @@ TEST_F(PoolTest, AReplacementWorkerTheOwnerCannotTakeBreaksThePoolWithANamedErro
     EXPECT_THROW(pool.submit(square, 6).get(), Error);  // broken for good, and saying so
 }
 
-TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
-    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, "pool");
+TEST_P(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
+    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, ("pool-" + method_name({GetParam(), 0})).c_str());
     ASSERT_EQ(owner.workers.size(), 2u) << owner.unit;
     ASSERT_TRUE(manager().unit_loaded(owner.unit));
 
@@ -326,8 +343,8 @@ TEST_F(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
                                << " workers or other orphans of the owner (its fork server) alive 2 s after it was killed";
 }
 
-TEST_F(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     std::mt19937 random(12345);
     std::vector<std::pair<bool, std::future<int>>> futures;
     for (int i = 0; i < 5000; ++i) {
@@ -351,6 +368,9 @@ TEST_F(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
     EXPECT_GT(crashed, 150);
     EXPECT_EQ(pool.submit(&square, 12).get(), 144);
 }
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, PoolTest,
+                         ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::exec), method_name);
 
 }  // namespace
 }  // namespace sdfutures

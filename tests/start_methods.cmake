@@ -1,0 +1,5 @@
+sdfutures_add_test(start_methods_test start_methods_test.cpp)
+add_executable(exec_helper helpers/exec_helper.cpp)
+target_link_libraries(exec_helper PRIVATE sdfutures sdfutures_warnings)
+add_dependencies(start_methods_test exec_helper)
+target_compile_definitions(start_methods_test PRIVATE SDFUTURES_EXEC_HELPER="$<TARGET_FILE:exec_helper>")
