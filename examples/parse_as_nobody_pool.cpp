@@ -1,5 +1,7 @@
-// Untrusted input parsed by a pool of workers that run as nobody, without network, under a memory limit:
-// a parser bug can crash a worker (only its own task fails) but cannot read root's files or phone home.
+// Untrusted input parsed by a pool of workers that systemd itself confines (StartMethod::exec): a dynamic user,
+// no network, no devices, a system-call filter, no writable+executable memory, no capabilities, a memory limit.
+// A parser bug can crash a worker (only its own task fails) but cannot read root's files, phone home, or find
+// anything of the owner's in memory: the workers are forks of a fresh execution of this program, not of it.
 //
 //     sudo scripts/with-systemd build/examples/parse_as_nobody_pool
 #include <arpa/inet.h>
@@ -54,17 +56,22 @@ Parsed parse(const std::string& input) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // The zygote, forked before anything is loaded: workers hold nothing of what the program reads later.
+    // First: in the copy of this program that systemd executes for the pool, this call serves the pool.
     sdfutures::init(argc, argv);
     try {
         // Untrusted input: one task per worker (no task sent ahead to a worker a parse may have taken over, nothing
-        // it leaves behind meets the next input), a bound on each parse, workers from the zygote.
-        sdfutures::TransientUnitPoolExecutor pool(
-            {{"User", "nobody"}, {"PrivateNetwork", "yes"}, {"MemoryMax", "64M"}, {"NoNewPrivileges", "yes"}},
-            {.max_workers = 2,
-             .max_tasks_per_child = 1,
-             .task_timeout = std::chrono::seconds(10),
-             .start_method = sdfutures::StartMethod::forkserver});
+        // it leaves behind meets the next input), a bound on each parse, and systemd's whole sandbox.
+        sdfutures::TransientUnitPoolExecutor pool({{"DynamicUser", "yes"},
+                                                   {"PrivateNetwork", "yes"},
+                                                   {"PrivateDevices", "yes"},
+                                                   {"SystemCallFilter", "@system-service"},
+                                                   {"MemoryDenyWriteExecute", "yes"},
+                                                   {"CapabilityBoundingSet", ""},
+                                                   {"MemoryMax", "64M"}},
+                                                  {.max_workers = 2,
+                                                   .max_tasks_per_child = 1,
+                                                   .task_timeout = std::chrono::seconds(10),
+                                                   .start_method = sdfutures::StartMethod::exec});
         std::cout << "pool unit " << pool.unit().name() << "\n";
         const std::vector<std::string> inputs = {"name=alice;role=admin", "broken", std::string("evil=\x01", 6),
                                                  "name=bob"};
