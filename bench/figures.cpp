@@ -41,7 +41,6 @@ using sdfutures::TransientUnitProcess;
 
 // ---- the tasks ------------------------------------------------------------------------------------------------
 
-int trivial(int x) { return x + 1; }
 
 std::string make_string(std::uint64_t n) { return std::string(n, 'Z'); }
 std::vector<char> make_chars(std::uint64_t n) { return std::vector<char>(n, 'Z'); }
@@ -78,23 +77,9 @@ std::tuple<double, double> string_worker_costs(std::uint64_t n) {
 
 // ---- helpers --------------------------------------------------------------------------------------------------
 
-Row row(std::string figure, std::string sdf, std::string floor, std::string ratio, std::string target, Verdict v) {
-    return Row{std::move(figure), std::move(sdf), std::move(floor), std::move(ratio), std::move(target), v};
-}
 
-Verdict at_most(double ratio, double limit) { return ratio <= limit ? Verdict::ok : Verdict::miss; }
-Verdict at_least(double value, double limit) { return value >= limit ? Verdict::ok : Verdict::miss; }
 
-PoolOptions pool_options(Context& c, std::size_t workers) {
-    PoolOptions o;
-    o.max_workers = workers;
-    o.bus = c.bus;
-    return o;
-}
 
-void check(bool ok, const char* what) {
-    if (!ok) throw std::runtime_error(std::string("wrong result: ") + what);
-}
 
 std::string mib_label(std::size_t bytes) {
     return bytes % (1u << 20) == 0 ? std::to_string(bytes >> 20) + " MiB" : std::to_string(bytes) + " B";
@@ -177,6 +162,28 @@ std::string read_word(const std::string& path) {
 }
 
 }  // namespace
+
+// Shared with the other figure files (figures.hpp).
+Row row(std::string figure, std::string sdf, std::string floor, std::string ratio, std::string target, Verdict v) {
+    return Row{std::move(figure), std::move(sdf), std::move(floor), std::move(ratio), std::move(target), v};
+}
+
+Verdict at_most(double ratio, double limit) { return ratio <= limit ? Verdict::ok : Verdict::miss; }
+
+Verdict at_least(double value, double limit) { return value >= limit ? Verdict::ok : Verdict::miss; }
+
+PoolOptions pool_options(Context& c, std::size_t workers) {
+    PoolOptions o;
+    o.max_workers = workers;
+    o.bus = c.bus;
+    return o;
+}
+
+void check(bool ok, const char* what) {
+    if (!ok) throw std::runtime_error(std::string("wrong result: ") + what);
+}
+
+int trivial(int x) { return x + 1; }
 
 // ---- 1. pool ready ----------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include <sdfutures/bus.hpp>
+#include <sdfutures/pool.hpp>
 
 #include "floors.hpp"
 #include "harness.hpp"
@@ -26,5 +27,14 @@ void figure_process(Context& c);          // 4
 void figure_cpu_quota(Context& c);        // 5
 void figure_worker_memory(Context& c);    // 6
 void figure_python(Context& c);           // 7
+void figure_start_methods(Context& c);    // 8 (start_methods.cpp)
+
+// What the figures share.
+Row row(std::string figure, std::string sdf, std::string floor, std::string ratio, std::string target, Verdict v);
+Verdict at_most(double ratio, double limit);
+Verdict at_least(double value, double limit);
+sdfutures::PoolOptions pool_options(Context& c, std::size_t workers);
+void check(bool ok, const char* what);
+int trivial(int x);
 
 }  // namespace bench

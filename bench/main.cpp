@@ -11,6 +11,7 @@
 #include <string>
 
 #include <sdfutures/bus.hpp>
+#include <sdfutures/init.hpp>
 
 #include "figures.hpp"
 
@@ -22,7 +23,7 @@ void usage(std::ostream& out) {
            "               (also SDFUTURES_BENCH_SHORT=1)\n"
            "  --reps N     repetitions per figure (default 7; the table shows medians)\n"
            "  --only LIST  figures to run, e.g. 1,3 (1 pool ready, 2 task throughput, 3 result bandwidth,\n"
-           "               4 run(), 5 CPU quota, 6 worker memory, 7 Python)\n"
+           "               4 run(), 5 CPU quota, 6 worker memory, 7 Python, 8 start methods)\n"
            "  --samples    print every sample after the table\n"
            "Needs SDFUTURES_BUS: run it under scripts/with-systemd.\n";
 }
@@ -49,7 +50,7 @@ bench::Config parse(int argc, char** argv) {
         } else if (a == "--only") {
             std::string list = value();
             for (char ch : list)
-                if (ch >= '1' && ch <= '7') c.only.insert(ch - '0');
+                if (ch >= '1' && ch <= '8') c.only.insert(ch - '0');
         } else if (a == "--samples") {
             c.show_samples = true;
         } else if (a == "--help" || a == "-h") {
@@ -75,6 +76,9 @@ bench::Config parse(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // First: the copy of this program systemd executes for a StartMethod::exec pool serves it from here.
+    sdfutures::init(argc, argv);
+    if (argc == 2 && std::string(argv[1]) == "--exit-after-init") return 0;  // figure 8's cost of an execution
     bench::Config config = parse(argc, argv);
     const char* spec = std::getenv("SDFUTURES_BUS");
     if (!spec || !*spec) {
@@ -103,7 +107,8 @@ int main(int argc, char** argv) {
                                   {4, "run() and TransientUnitProcess", bench::figure_process},
                                   {5, "CPU quota fidelity", bench::figure_cpu_quota},
                                   {6, "idle worker memory", bench::figure_worker_memory},
-                                  {7, "Python's ProcessPoolExecutor", bench::figure_python}};
+                                  {7, "Python's ProcessPoolExecutor", bench::figure_python},
+                                  {8, "start methods", bench::figure_start_methods}};
         for (const Figure& f : figures) {
             if (!config.wants(f.number)) continue;
             auto t0 = bench::Clock::now();
