@@ -208,8 +208,8 @@ struct FdNames {
     FdNames& operator=(FdNames&&) = delete;
     ~FdNames() {
         if (!names) return;
-        for (char** name = names; *name; ++name) std::free(*name);  // NOLINT(cppcoreguidelines-no-malloc)
-        std::free(static_cast<void*>(names));                       // NOLINT(cppcoreguidelines-no-malloc)
+        for (char** name = names; *name; ++name) std::free(*name);
+        std::free(static_cast<void*>(names));
     }
 };
 

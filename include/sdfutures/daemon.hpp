@@ -8,6 +8,9 @@
 // returns false, watchdog_enabled() and listen_fds() find nothing, a Watchdog does nothing. A manager's own
 // units get these from their unit's properties: Type=notify (the unit stays "activating" until READY=1),
 // NotifyAccess=main (only the main process may notify), WatchdogSec=, and sockets from a .socket unit.
+//
+// Spelled sdfutures::daemon::notify(...), or daemon::notify(...) after `using namespace sdfutures;`. A global
+// `namespace daemon = ...` alias cannot be declared next to <unistd.h>'s daemon(3); one in a namespace of your own can.
 
 #include <sys/types.h>
 
