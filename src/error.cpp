@@ -184,6 +184,10 @@ ProcessDied::ProcessDied(const std::string& what, int exit_status) : Error(what)
 UnitStopped::UnitStopped(std::string unit)
     : Error("unit '" + unit + "' was stopped before the work finished"), unit_(std::move(unit)) {}
 
+SystemError::SystemError(std::string call, int error_number, const std::string& detail)
+    : Error(call + " failed" + (detail.empty() ? std::string() : " " + detail) + ": " + errno_text(error_number)),
+      call_(std::move(call)), errno_(error_number) {}
+
 std::string errno_text(int error_number) {
     const char* name = strerrorname_np(error_number);
     return std::string(strerrordesc_np(error_number) ? strerrordesc_np(error_number) : "unknown error") +

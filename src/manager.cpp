@@ -94,21 +94,25 @@ PendingJob enqueue_job(const Bus& bus, const std::string& unit, const std::strin
 }  // namespace
 
 PendingJob Manager::start_transient_unit_async(const std::string& name, const Properties& properties,
-                                               std::vector<DbusProperty> extra, const std::string& mode) {
+                                               std::vector<DbusProperty> extra, const std::string& mode,
+                                               const std::vector<AuxiliaryUnit>& aux) {
     auto props = properties.to_dbus();  // throws PropertyError before anything is sent
     props.insert(props.end(), std::make_move_iterator(extra.begin()), std::make_move_iterator(extra.end()));
-    using Aux = std::vector<sdbus::Struct<std::string, std::vector<DbusProperty>>>;
+    std::vector<sdbus::Struct<std::string, std::vector<DbusProperty>>> aux_units;
+    aux_units.reserve(aux.size());
+    for (const auto& unit : aux) aux_units.emplace_back(unit.name, unit.properties.to_dbus());
     return enqueue_job(bus_, name, "start", "StartTransientUnit " + name, [&](sdbus::IProxy& manager) {
         sdbus::ObjectPath job;
         manager.callMethod("StartTransientUnit").onInterface(kManagerInterface)
-            .withArguments(name, mode, props, Aux{}).storeResultsTo(job);
+            .withArguments(name, mode, props, aux_units).storeResultsTo(job);
         return job;
     });
 }
 
 Unit Manager::start_transient_unit(const std::string& name, const Properties& properties,
-                                   std::vector<DbusProperty> extra, const std::string& mode) {
-    start_transient_unit_async(name, properties, std::move(extra), mode).wait();
+                                   std::vector<DbusProperty> extra, const std::string& mode,
+                                   const std::vector<AuxiliaryUnit>& aux) {
+    start_transient_unit_async(name, properties, std::move(extra), mode, aux).wait();
     return Unit(bus_, name);
 }
 
@@ -121,6 +125,15 @@ PendingJob Manager::stop_unit_async(const std::string& name, const std::string& 
 }
 
 void Manager::stop_unit(const std::string& name, const std::string& mode) { stop_unit_async(name, mode).wait(); }
+
+void Manager::reset_failed_unit(const std::string& name) {
+    auto& state = bus_.state();
+    std::lock_guard lock(state.mutex);
+    state.check_owner();
+    detail::translate_errors("ResetFailedUnit " + name, [&] {
+        state.manager->callMethod("ResetFailedUnit").onInterface(kManagerInterface).withArguments(name);
+    });
+}
 
 void Manager::kill_unit(const std::string& name, int signal, const std::string& whom) {
     auto& state = bus_.state();

@@ -128,6 +128,25 @@ Converter time_property(std::string dbus_name) {
     };
 }
 
+// ListenStream=/run/x.sock → Listen = [("Stream", "/run/x.sock")]: systemd checks the address when it takes the
+// unit (a path, "@abstract", a port, "host:port").
+Converter listen_property(std::string type) {
+    return [type = std::move(type)](std::string_view name, std::string_view value) {
+        std::string v(trim(value));
+        if (v.empty()) invalid(name, value, "a socket address: a path, a port or host:port");
+        using Listen = std::vector<sdbus::Struct<std::string, std::string>>;
+        return std::vector{prop("Listen", sdbus::Variant(Listen{{type, v}}))};
+    };
+}
+
+// What sd_listen_fds_with_names(3) can pass on: $LISTEN_FDNAMES separates names with ':'.
+bool valid_fd_name(std::string_view v) {
+    if (v.empty() || v.size() > 255) return false;
+    for (char c : v)
+        if (c < 0x21 || c > 0x7e || c == ':') return false;
+    return true;
+}
+
 bool valid_user_or_group(std::string_view v) {
     if (v.empty() || v.size() > 256 || v.front() == '-') return false;
     for (char c : v)
@@ -416,6 +435,13 @@ const std::map<std::string, Converter, std::less<>>& table() {
         m["TimeoutStartSec"] = time_property("TimeoutStartUSec");
         for (const char* n : {"StandardInput", "StandardOutput", "StandardError"})
             m[n] = one_of({"null", "inherit", "tty", "journal", "kmsg", "socket"});
+        // the service side (daemon.hpp): notifications, the watchdog, and the sockets of a .socket unit
+        m["NotifyAccess"] = one_of({"none", "main", "exec", "all"});
+        m["WatchdogSec"] = time_property("WatchdogUSec");
+        m["ListenStream"] = listen_property("Stream");
+        m["ListenDatagram"] = listen_property("Datagram");
+        m["ListenSequentialPacket"] = listen_property("SequentialPacket");
+        m["FileDescriptorName"] = string_property(valid_fd_name, "up to 255 printable ASCII characters, no ':'");
         return m;
     }();
     return t;

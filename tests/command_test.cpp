@@ -498,6 +498,17 @@ TEST_F(CommandTest, AProgramSystemdCannotExecuteFailsTheStartClearly) {
             << e.what();
     }
     expect_gone(name);
+
+    // A user systemd cannot find: 217/USER, named with the User= that caused it, not a bare "result 'failed'".
+    try {
+        Command({"/bin/true"}).property("User", "sdfutures-no-such-user").unit_name(name).run(30s);
+        ADD_FAILURE() << "ran";
+    } catch (const CommandStartFailed& e) {
+        EXPECT_EQ(e.exec_status(), 217) << e.what();
+        EXPECT_NE(std::string(e.what()).find("217/USER"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("caused by User=sdfutures-no-such-user"), std::string::npos) << e.what();
+    }
+    expect_gone(name);
 }
 
 TEST_F(CommandTest, PropertiesCommandSetsItselfAreRefusedWithWhatToUse) {

@@ -89,6 +89,21 @@ TEST(Properties, OtherTypes) {
     expect_single<std::vector<uint8_t>>("AllowedCPUs", "9", "AllowedCPUs", std::vector<uint8_t>{0, 0b10});
 }
 
+TEST(Properties, TheServiceSide) {
+    expect_single<std::string>("NotifyAccess", "main", "NotifyAccess", "main");
+    expect_single<uint64_t>("WatchdogSec", "1.5s", "WatchdogUSec", 1500000);
+    expect_single<std::string>("FileDescriptorName", "greeting", "FileDescriptorName", "greeting");
+    using Listen = std::vector<sdbus::Struct<std::string, std::string>>;
+    expect_single<Listen>("ListenStream", "/run/x.sock", "Listen", Listen{{"Stream", "/run/x.sock"}});
+    expect_single<Listen>("ListenDatagram", "@x", "Listen", Listen{{"Datagram", "@x"}});
+    expect_single<Listen>("ListenSequentialPacket", "/run/y", "Listen", Listen{{"SequentialPacket", "/run/y"}});
+    for (const char* bad : {"", "a:b", "with space", "caf\xc3\xa9"})
+        EXPECT_THROW(parse_property("FileDescriptorName", bad), PropertyError) << bad;
+    EXPECT_THROW(parse_property("NotifyAccess", "everyone"), PropertyError);
+    EXPECT_THROW(parse_property("ListenStream", " "), PropertyError);
+    EXPECT_THROW(parse_property("WatchdogSec", "soon"), PropertyError);
+}
+
 TEST(Properties, RlimitsCarrySoftAndHard) {
     auto out = parse_property("LimitNOFILE", "1024:4096");
     ASSERT_EQ(out.size(), 2u);

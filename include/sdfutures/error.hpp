@@ -194,6 +194,20 @@ public:
     using Error::Error;
 };
 
+// A system call, or a libsystemd function that reports an errno (sd_notify(3), sd_watchdog_enabled(3), ...),
+// failed: call() names it, error_number() is the errno.
+class SystemError : public Error {
+public:
+    // `detail`, when given, says what was being done: "sending READY=1 to the manager".
+    SystemError(std::string call, int error_number, const std::string& detail = {});
+    const std::string& call() const noexcept { return call_; }
+    int error_number() const noexcept { return errno_; }
+
+private:
+    std::string call_;
+    int errno_;
+};
+
 // errno as "strerror (ENAME)" text, for messages.
 std::string errno_text(int error_number);
 

@@ -44,6 +44,14 @@ private:
     bool waited_ = false;
 };
 
+// A unit StartTransientUnit creates together with the one it starts (an "auxiliary" unit): the service a transient
+// .socket activates, or the one a .timer starts. It is created and loaded, not started; the main unit starts it
+// as its kind of unit does (the socket on its first connection).
+struct AuxiliaryUnit {
+    std::string name;
+    Properties properties;
+};
+
 class Manager {
 public:
     explicit Manager(Bus bus = Bus::automatic());
@@ -53,15 +61,19 @@ public:
     // The numeric major version, e.g. 252.
     unsigned version_major() const;
 
-    // StartTransientUnit. `mode` is systemd's job mode ("fail", "replace", ...). The properties are
-    // converted (and rejected, throwing PropertyError) before anything is sent.
+    // StartTransientUnit. `mode` is systemd's job mode ("fail", "replace", ...); `aux` the units created with
+    // it. All properties are converted (and rejected, throwing PropertyError) before anything is sent.
     PendingJob start_transient_unit_async(const std::string& name, const Properties& properties,
-                                          std::vector<DbusProperty> extra = {}, const std::string& mode = "fail");
+                                          std::vector<DbusProperty> extra = {}, const std::string& mode = "fail",
+                                          const std::vector<AuxiliaryUnit>& aux = {});
     Unit start_transient_unit(const std::string& name, const Properties& properties,
-                              std::vector<DbusProperty> extra = {}, const std::string& mode = "fail");
+                              std::vector<DbusProperty> extra = {}, const std::string& mode = "fail",
+                              const std::vector<AuxiliaryUnit>& aux = {});
 
     void stop_unit(const std::string& name, const std::string& mode = "replace");
     PendingJob stop_unit_async(const std::string& name, const std::string& mode = "replace");
+    // ResetFailedUnit: forgets that the unit failed, so that it is inactive (and a transient one is collected).
+    void reset_failed_unit(const std::string& name);
     // KillUnit sends a signal at once; systemd makes no job of it.
     void kill_unit(const std::string& name, int signal, const std::string& whom = "all");
     // Waits until the unit is unloaded (UnitRemoved), or returns false after the timeout.

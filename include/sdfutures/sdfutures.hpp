@@ -3,6 +3,7 @@
 
 #include "sdfutures/bus.hpp"
 #include "sdfutures/command.hpp"
+#include "sdfutures/daemon.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/init.hpp"
 #include "sdfutures/manager.hpp"
