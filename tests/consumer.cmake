@@ -9,4 +9,4 @@ add_test(NAME consumer_package
                  -DBUILD_TYPE=$<CONFIG>
                  -DSANITIZE=${SDFUTURES_SANITIZE}
                  -P ${CMAKE_CURRENT_SOURCE_DIR}/consumer/check.cmake)
-set_tests_properties(consumer_package PROPERTIES TIMEOUT 600 LABELS consumer)
+set_tests_properties(consumer_package PROPERTIES TIMEOUT 600 LABELS "systemd;consumer")
