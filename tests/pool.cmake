@@ -7,4 +7,5 @@ foreach(case capturing_lambda unserializable_argument)
   add_test(NAME compile_fail_${case}
            COMMAND ${CMAKE_COMMAND} -DCOMPILER=${CMAKE_CXX_COMPILER} -DSOURCE=${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/${case}.cpp
                    -DINCLUDES=${PROJECT_SOURCE_DIR}/include -P ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/expect_failure.cmake)
+  set_tests_properties(compile_fail_${case} PROPERTIES LABELS unit)
 endforeach()

@@ -64,9 +64,11 @@ rm -rf "$out"
 "$script" --private sleep 300 &
 wpid=$!
 manager=""
+# Until COMMAND runs: matched by its whole command line, since the script's own `sleep 0.05` while it waits for the
+# manager is a child named sleep too (killing then could orphan a COMMAND forked right after the kill list was made).
 for _ in $(seq 200); do
   manager=$(cat /tmp/sdfutures-private-$wpid.*/manager.pid 2>/dev/null) && [[ -n $manager ]] &&
-    pgrep -P "$wpid" -x sleep >/dev/null && break
+    pgrep -P "$wpid" -f -x 'sleep 300' >/dev/null && break
   sleep 0.05
 done
 if [[ -z $manager ]]; then

@@ -1,5 +1,5 @@
-// Uses the installed sdfutures package: headers, library and transitive dependencies (sdbus-c++, msgpack-cxx)
-// all come through find_package(sdfutures). Exits 0 when everything checked works.
+// Uses sdfutures the way a user's program would, however it was brought in (tests/consumer/check.cmake): the
+// installed CMake package, pkg-config, or add_subdirectory(). Exits 0 when everything checked works.
 #include <sdfutures/sdfutures.hpp>
 
 #include <cstdlib>
