@@ -314,6 +314,17 @@ uint32_t verified_main_pid(const Unit& unit) {
     return main_pid;
 }
 
+bool manager_says_unit_stopped(const Bus& bus, const std::string& unit) noexcept {
+    try {
+        const std::string state = Unit(bus, unit).active_state();
+        return state != "active" && state != "reloading";
+    } catch (const SystemdError& e) {
+        return e.name() == "org.freedesktop.systemd1.NoSuchUnit" || e.name() == "org.freedesktop.DBus.Error.UnknownObject";
+    } catch (...) {
+        return false;
+    }
+}
+
 uint64_t oom_kill_count(const std::string& control_group) noexcept {
     try {
         for (const std::string& file : {"/sys/fs/cgroup/memory" + control_group + "/memory.oom_control",

@@ -82,6 +82,12 @@ void wait_anchored_start(const Bus& bus, PendingJob& job, const Properties& prop
 // left to wait for, and a unit already unreferenced or gone is fine. Never throws.
 void release_unit_reference(const Bus& bus, const std::string& unit) noexcept;
 
+// Whether the manager says `unit` is no longer active (deactivating, inactive, failed) or no longer loaded. A
+// failed call that names no missing unit (a timeout, a lost connection) says nothing: false. Never throws.
+// For a process that died of SIGTERM or SIGKILL, which is how a stopped unit's processes die and also how one
+// killed alone dies: only the manager can tell the two apart before the unit's anchor is gone.
+bool manager_says_unit_stopped(const Bus& bus, const std::string& unit) noexcept;
+
 // Drops this client's reference, stops the unit and waits until it is unloaded; a unit already gone is fine.
 // Never throws.
 void stop_and_wait_gone(const Bus& bus, const std::string& unit) noexcept;

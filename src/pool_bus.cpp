@@ -1,19 +1,12 @@
 #include "pool_bus.hpp"
 
+#include "anchored_unit.hpp"
+
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures::detail {
-namespace {
-
-// The D-Bus errors that mean the manager has no such unit (loaded) any more. A timeout, a lost connection or an
-// access error says nothing about the unit.
-bool names_a_missing_unit(const SystemdError& e) {
-    return e.name() == "org.freedesktop.systemd1.NoSuchUnit" || e.name() == "org.freedesktop.DBus.Error.UnknownObject";
-}
-
-}  // namespace
 
 PoolBus::PoolBus(Bus bus, std::string unit, std::function<void()> wake)
     : bus_(std::move(bus)), unit_(std::move(unit)), wake_(std::move(wake)), thread_([this] { serve(); }) {}
@@ -48,16 +41,7 @@ std::vector<PoolBus::Answer> PoolBus::take_answers() {
     return std::exchange(answers_, {});
 }
 
-bool PoolBus::unit_gone() const {
-    try {
-        const std::string state = Unit(bus_, unit_).active_state();
-        return state != "active" && state != "reloading";
-    } catch (const SystemdError& e) {
-        return names_a_missing_unit(e);
-    } catch (...) {
-        return false;
-    }
-}
+bool PoolBus::unit_gone() const { return manager_says_unit_stopped(bus_, unit_); }
 
 void PoolBus::serve() {
     for (;;) {

@@ -412,6 +412,10 @@ void ProcessCore::finish() {
         } catch (...) {
         }
     }
+    // Killed as a stopped unit's processes are, while cat may still be alive (it gets its SIGTERM at the same
+    // moment, and systemd holds the pipe's read end until the unit is inactive): the manager says which it was.
+    if (!unit_was_stopped_ && !oom_killed_ && (*exit_status_ == -SIGTERM || *exit_status_ == -SIGKILL))
+        unit_was_stopped_ = manager_says_unit_stopped(*bus_, options_.unit_name);
     try {
         if (auto frame = next_frame()) reply_ = std::move(*frame);
         else if (reader_.mid_frame()) channel_error_ = "the child's channel ended in the middle of a frame";
