@@ -72,7 +72,16 @@ int crash_segv(int) {
     return 0;
 }
 
-class HostileTest : public SystemdTest {};
+// Each pool test runs for fork (the default, whose workers enter the unit themselves) and exec (whose workers are
+// born in it, forks of the program systemd executed): the channel and the dispatcher are the same.
+class HostileTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
+protected:
+    PoolOptions with_method(PoolOptions options) const {
+        options.start_method = GetParam();
+        return options;
+    }
+};
+class ForkserverTest : public SystemdTest {};
 
 // Runs `hostile` among innocent squares on one worker with a deep window, and checks that every innocent task
 // gets its own value and that the pool goes on afterwards. Returns how the hostile future ended.
@@ -107,32 +116,32 @@ void expect_error(const std::exception_ptr& error, const std::string& mentions) 
     }
 }
 
-TEST_F(HostileTest, AnOversizedFrameHeaderFailsOnlyThatTaskWithProtocolError) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, AnOversizedFrameHeaderFailsOnlyThatTaskWithProtocolError) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto error = hostile_among_innocents(pool, [&] {
         return pool.submit(&write_to_channel_then_return, std::string("\xff\xff\xff\xff", 4), 5);
     });
     expect_error<ProtocolError>(error, "shorter than its 16-byte header");
 }
 
-TEST_F(HostileTest, ARawTwoMebibyteWriteCannotReachTheOwner) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, ARawTwoMebibyteWriteCannotReachTheOwner) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto error = hostile_among_innocents(pool, [&] { return pool.submit(&write_raw_then_return, std::size_t{2} << 20, 5); });
     // The kernel refuses a record larger than the socket's buffer: the task's write fails and its own reply is
     // intact, so it gets its value.
     EXPECT_FALSE(error);
 }
 
-TEST_F(HostileTest, GarbageOnTheChannelFailsOnlyThatTask) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, GarbageOnTheChannelFailsOnlyThatTask) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     std::string garbage(100, '\0');
     for (std::size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<char>(i * 37 + 11);
     auto error = hostile_among_innocents(pool, [&] { return pool.submit(&write_to_channel_then_return, garbage, 5); });
     expect_error<ProtocolError>(error, "broke the channel protocol");
 }
 
-TEST_F(HostileTest, APartialMessageFailsThatTaskAtOnceWithoutATimeout) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, APartialMessageFailsThatTaskAtOnceWithoutATimeout) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto start = std::chrono::steady_clock::now();
     auto error = hostile_among_innocents(
         pool, [&] { return pool.submit(&write_to_channel_then_return, record(777, 1000, "0123456789"), 5); });
@@ -140,14 +149,14 @@ TEST_F(HostileTest, APartialMessageFailsThatTaskAtOnceWithoutATimeout) {
     EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
 }
 
-TEST_F(HostileTest, APartialMessageFromATaskThatThenHangsEndsAtTheTaskTimeout) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1, .task_timeout = 500ms});
+TEST_P(HostileTest, APartialMessageFromATaskThatThenHangsEndsAtTheTaskTimeout) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1, .task_timeout = 500ms}));
     auto error = hostile_among_innocents(pool, [&] { return pool.submit(&write_partial_then_hang, 5); });
     expect_error<TaskTimeout>(error, "task_timeout of 500 ms");
 }
 
-TEST_F(HostileTest, AForgedReplyWithTwentyTasksQueuedBehindItMisleadsNoOtherTask) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, AForgedReplyWithTwentyTasksQueuedBehindItMisleadsNoOtherTask) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     // A well-formed reply for a task id the hostile task does not know (ids are keyed), and the stream framing
     // of earlier versions: neither can be taken for another task's answer.
     auto error = hostile_among_innocents(
@@ -159,8 +168,8 @@ TEST_F(HostileTest, AForgedReplyWithTwentyTasksQueuedBehindItMisleadsNoOtherTask
     expect_error<ProtocolError>(stream_error, "broke the channel protocol");
 }
 
-TEST_F(HostileTest, ExitInAPoolTaskIsReportedAsThatExitCode) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, ExitInAPoolTaskIsReportedAsThatExitCode) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     for (int code : {0, 3}) {
         auto f = pool.submit(&exit_with, code);
         try {
@@ -173,7 +182,7 @@ TEST_F(HostileTest, ExitInAPoolTaskIsReportedAsThatExitCode) {
     }
 }
 
-TEST_F(HostileTest, ExitInAProcessIsReportedAsThatExitCode) {
+TEST_P(HostileTest, ExitInAProcessIsReportedAsThatExitCode) {
     for (int code : {0, 3}) {
         TransientUnitProcess p({}, [code] { return exit_with(code); });
         p.start();
@@ -187,8 +196,8 @@ TEST_F(HostileTest, ExitInAProcessIsReportedAsThatExitCode) {
     }
 }
 
-TEST_F(HostileTest, AStoppedTaskIsEndedByKillWorkersAndThePoolIsShutDown) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(HostileTest, AStoppedTaskIsEndedByKillWorkersAndThePoolIsShutDown) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     auto stopped = pool.submit(&stop_myself, 1);
     auto queued = pool.submit(&stop_myself, 2);
     EXPECT_EQ(stopped.wait_for(300ms), std::future_status::timeout);
@@ -202,11 +211,11 @@ TEST_F(HostileTest, AStoppedTaskIsEndedByKillWorkersAndThePoolIsShutDown) {
     EXPECT_THROW(pool.submit(&square, 2), StateError);
 }
 
-TEST_F(HostileTest, TheDestructorEndsAStoppedTaskAfterTheShutdownTimeout) {
+TEST_P(HostileTest, TheDestructorEndsAStoppedTaskAfterTheShutdownTimeout) {
     std::future<int> stopped;
     auto start = std::chrono::steady_clock::now();
     {
-        TransientUnitPoolExecutor pool({}, {.max_workers = 1, .shutdown_timeout = 500ms});
+        TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1, .shutdown_timeout = 500ms}));
         stopped = pool.submit(&stop_myself, 1);
         std::this_thread::sleep_for(100ms);
     }
@@ -214,8 +223,8 @@ TEST_F(HostileTest, TheDestructorEndsAStoppedTaskAfterTheShutdownTimeout) {
     EXPECT_THROW(stopped.get(), TaskCancelled);
 }
 
-TEST_F(HostileTest, CancellingARunningTaskKillsOnlyItsWorker) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(HostileTest, CancellingARunningTaskKillsOnlyItsWorker) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     auto task = pool.schedule(&stop_myself, 1);
     auto other = pool.submit(&square, 3);
     EXPECT_EQ(other.get(), 9);
@@ -226,8 +235,8 @@ TEST_F(HostileTest, CancellingARunningTaskKillsOnlyItsWorker) {
     EXPECT_FALSE(task.cancel()) << "already finished";
 }
 
-TEST_F(HostileTest, AWorkerLostDuringShutdownIsReplacedUntilEveryTaskHasRun) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, AWorkerLostDuringShutdownIsReplacedUntilEveryTaskHasRun) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     auto crashed = pool.submit(&crash_segv, 0);
     std::vector<std::future<int>> queued;
     for (int i = 0; i < 10; ++i) queued.push_back(pool.submit(&square, i));
@@ -237,8 +246,8 @@ TEST_F(HostileTest, AWorkerLostDuringShutdownIsReplacedUntilEveryTaskHasRun) {
     for (int i = 0; i < 10; ++i) EXPECT_EQ(queued[i].get(), i * i);
 }
 
-TEST_F(HostileTest, AnIdleWorkerThatIsStoppedIsReplacedAndGetsNoTask) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 1});
+TEST_P(HostileTest, AnIdleWorkerThatIsStoppedIsReplacedAndGetsNoTask) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 1}));
     EXPECT_EQ(pool.submit(&square, 2).get(), 4);
     const pid_t stopped = pool.worker_pids().at(0);
     ASSERT_EQ(::kill(stopped, SIGSTOP), 0);
@@ -332,8 +341,8 @@ TEST_F(SigchldTest, AnOwnerThatBlocksSigchldGetsExitStatusesAndNoHang) {
     check_exit_statuses();
 }
 
-TEST_F(HostileTest, APoolGoesOnThroughACrashWhileItsBusIsStoppedForThreeSeconds) {
-    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+TEST_P(HostileTest, APoolGoesOnThroughACrashWhileItsBusIsStoppedForThreeSeconds) {
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
     const uint32_t dbus_pid = Unit(bus(), "dbus.service").main_pid();
     ASSERT_GT(dbus_pid, 0u) << "the private manager's dbus-daemon";
     ASSERT_EQ(::kill(static_cast<pid_t>(dbus_pid), SIGSTOP), 0);
@@ -367,7 +376,7 @@ TEST_F(HostileTest, APoolGoesOnThroughACrashWhileItsBusIsStoppedForThreeSeconds)
     EXPECT_EQ(pool.worker_pids().size(), 2u);
 }
 
-TEST_F(HostileTest, AForkserverPoolRunsTasksFromTheZygote) {
+TEST_F(ForkserverTest, AForkserverPoolRunsTasksFromTheZygote) {
     ASSERT_TRUE(initialized());
     TransientUnitPoolExecutor pool({}, {.max_workers = 2, .start_method = StartMethod::forkserver});
     std::vector<std::future<int>> futures;
@@ -377,12 +386,17 @@ TEST_F(HostileTest, AForkserverPoolRunsTasksFromTheZygote) {
     EXPECT_EQ(pool.submit(&square, 9).get(), 81);
 }
 
-TEST_F(HostileTest, AForkserverPoolRefusesAClosureInitializerBeforeStartingAnything) {
+TEST_F(ForkserverTest, AForkserverPoolRefusesAClosureInitializerBeforeStartingAnything) {
     int captured = 1;
     EXPECT_THROW(TransientUnitPoolExecutor({}, {.initializer = [captured] { (void)captured; },
                                                 .start_method = StartMethod::forkserver}),
                  StateError);
 }
+
+INSTANTIATE_TEST_SUITE_P(StartMethods, HostileTest, ::testing::Values(StartMethod::fork, StartMethod::exec),
+                         [](const ::testing::TestParamInfo<StartMethod>& info) {
+                             return std::string(info.param == StartMethod::exec ? "exec" : "fork");
+                         });
 
 }  // namespace
 }  // namespace sdfutures

@@ -176,6 +176,29 @@ TEST_F(StartMethodsTest, ExecRefusesAFunctionOfASharedLibraryNamingIt) {
     EXPECT_EQ(pool.submit(&square, 4).get(), 16) << "the refusal left the pool as it was";
 }
 
+int kill_own_server() {
+    ::kill(::getppid(), SIGKILL);
+    ::pause();
+    return 0;
+}
+int nap(int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+}
+
+// What exec does not prevent (README, "Start methods"): workers share the unit's uid with their fork server, the
+// unit's main process. A task that kills it ends the unit, and the pool says so at once rather than hang.
+TEST_F(StartMethodsTest, AnExecTaskThatKillsItsForkServerEndsThePoolWithUnitStoppedAndNothingHangs) {
+    TransientUnitPoolExecutor pool({}, exec_options(2));
+    auto sleeper = pool.submit(&nap, 60'000);
+    auto killer = pool.submit(&kill_own_server);
+    for (auto* f : {&sleeper, &killer}) {
+        ASSERT_EQ(f->wait_for(10s), std::future_status::ready);
+        EXPECT_THROW(f->get(), UnitStopped);
+    }
+    EXPECT_THROW(pool.submit(&square, 2), UnitStopped);
+}
+
 // ---- what a worker holds of its owner --------------------------------------------------------------------------
 
 // Scans this process's readable memory for `masked` ^ 0x5a without ever holding the plain secret itself.
