@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cinttypes>
+#include <system_error>
 #include <cstdio>
 #include <vector>
 
@@ -66,11 +68,18 @@ std::string to_text(const ImageIdentity& identity) {
 
 ImageIdentity identity_from_text(const std::string& text) {
     ImageIdentity identity;
-    int consumed = 0;
-    if (std::sscanf(text.c_str(), "%" SCNu64 ":%" SCNu64 ":%" SCNu64 ":%" SCNd64 "%n", &identity.device,
-                    &identity.inode, &identity.size, &identity.modified_ns, &consumed) != 4 ||
-        static_cast<std::size_t>(consumed) != text.size())
-        throw Error("malformed executable identity '" + text + "'");
+    const char* at = text.data();
+    const char* const end = text.data() + text.size();
+    auto field = [&](auto& value, bool last) {
+        auto [next, ec] = std::from_chars(at, end, value);
+        if (ec != std::errc() || next == at || (last ? next != end : (next == end || *next != ':')))
+            throw Error("malformed executable identity '" + text + "'");
+        at = last ? next : next + 1;
+    };
+    field(identity.device, false);
+    field(identity.inode, false);
+    field(identity.size, false);
+    field(identity.modified_ns, true);
     return identity;
 }
 
