@@ -247,12 +247,22 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     if (!wake) throw Error("cannot create the dispatcher's wake-up eventfd: " + errno_text(errno));
 
     Manager manager(*bus);
-    if (exec) start_exec(manager, config);
-    else start_attached(manager, config);
+    try {
+        if (exec) start_exec(manager, config);
+        else start_attached(manager, config);
+        for (auto& w : workers) wait_until_entered(*w);
+        update_pids();
+        pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
+        dispatcher = std::thread([this] { run_dispatcher(); });
+    } catch (...) {
+        pool_bus.reset();
+        teardown();  // whatever of the unit, the fork server and the workers exists by now
+        throw;
+    }
 }
 
 // fork, forkserver: the unit's main process is cat reading the owner's anchor pipe; the workers are forked
-// outside, attached, released, and enter the unit themselves (unit_entry.hpp).
+// outside, attached, released, and enter the unit themselves (unit_entry.hpp). Returns once they are released.
 void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
     int anchor_pipe[2];
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
@@ -262,36 +272,27 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
         options.unit_name, properties,
         anchored_service_properties(properties, anchor_read.get(), "sdfutures pool of pid " + std::to_string(getpid())));
     anchor_read.reset();  // systemd holds its own copy
-    try {
-        // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
-        wait_anchored_start(*bus, job, properties);
-        main_pid = verified_main_pid(*unit);
-        control_group = unit->control_group();
-        oom_kills_seen = oom_kill_count(control_group);
-        server = start_fork_server(config, options.start_method);
-        request_spawn(target_workers.load());
-        spawn_initial_workers();
-        std::vector<uint32_t> to_attach;
-        for (auto& w : workers) to_attach.push_back(static_cast<uint32_t>(w->pid));
-        manager.attach_processes_to_unit(options.unit_name, "/", to_attach);  // one call for all of them
-        for (auto& w : workers) {
-            if (!send_message(w->socket.get(), 0, release_message(main_pid)))
-                throw Error("cannot release worker " + std::to_string(w->pid) + ": " + errno_text(errno));
-            w->phase = Worker::Phase::entering;
-        }
-        for (auto& w : workers) wait_until_entered(*w);
-        update_pids();
-        pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
-        dispatcher = std::thread([this] { run_dispatcher(); });
-    } catch (...) {
-        pool_bus.reset();
-        teardown();
-        throw;
+    // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
+    wait_anchored_start(*bus, job, properties);
+    main_pid = verified_main_pid(*unit);
+    control_group = unit->control_group();
+    oom_kills_seen = oom_kill_count(control_group);
+    server = start_fork_server(config, options.start_method);
+    request_spawn(target_workers.load());
+    spawn_initial_workers();
+    std::vector<uint32_t> to_attach;
+    for (auto& w : workers) to_attach.push_back(static_cast<uint32_t>(w->pid));
+    manager.attach_processes_to_unit(options.unit_name, "/", to_attach);  // one call for all of them
+    for (auto& w : workers) {
+        if (!send_message(w->socket.get(), 0, release_message(main_pid)))
+            throw Error("cannot release worker " + std::to_string(w->pid) + ": " + errno_text(errno));
+        w->phase = Worker::Phase::entering;
     }
 }
 
 // exec: systemd executes this program as the unit's main process, which serves as the fork server from inside
 // sdfutures::init() (exec_server.hpp); its workers are born in the unit and report "entered" on their own.
+// Returns once they are forked.
 void PoolCore::Impl::start_exec(Manager& manager, const WorkerConfig& config) {
     ExecServerLaunch launch = prepare_exec_server(config);
     PendingJob job = manager.start_transient_unit_async(
@@ -300,23 +301,13 @@ void PoolCore::Impl::start_exec(Manager& manager, const WorkerConfig& config) {
                                 "sdfutures pool of pid " + std::to_string(getpid()) + " (exec)"));
     launch.server_end.reset();  // systemd holds its own copies
     launch.executable.reset();
-    try {
-        wait_anchored_start(*bus, job, properties);
-        main_pid = unit->main_pid();
-        control_group = unit->control_group();
-        oom_kills_seen = oom_kill_count(control_group);
-        server = await_exec_server(launch, static_cast<pid_t>(main_pid), kSpawnTimeout);
-        request_spawn(target_workers.load());
-        spawn_initial_workers();
-        for (auto& w : workers) wait_until_entered(*w);
-        update_pids();
-        pool_bus = std::make_unique<PoolBus>(*bus, options.unit_name, [this] { wake_up(); });
-        dispatcher = std::thread([this] { run_dispatcher(); });
-    } catch (...) {
-        pool_bus.reset();
-        teardown();
-        throw;
-    }
+    wait_anchored_start(*bus, job, properties);
+    main_pid = unit->main_pid();
+    control_group = unit->control_group();
+    oom_kills_seen = oom_kill_count(control_group);
+    server = await_exec_server(launch, static_cast<pid_t>(main_pid), kSpawnTimeout);
+    request_spawn(target_workers.load());
+    spawn_initial_workers();
 }
 
 void PoolCore::Impl::request_spawn(std::size_t n) {
