@@ -69,6 +69,15 @@ TEST_F(StartMethodsTest, ExecWithDynamicUserRunsAsADynamicUidThatCannotWriteOuts
     EXPECT_EQ(p.tmp_errno, 0) << "its private /tmp: " << std::strerror(p.tmp_errno);
 }
 
+TEST_F(StartMethodsTest, RunWithExecRunsTheFunctionOnceInAFreshExecutionUnderTheWholeSandbox) {
+    WriteProbe p = run(exec, {{"DynamicUser", "yes"}, {"SystemCallFilter", "@system-service"}}, &probe_writes);
+    EXPECT_GE(p.uid, 61184u);
+    EXPECT_LE(p.uid, 65519u);
+    EXPECT_NE(p.etc_errno, 0);
+    EXPECT_EQ(run(exec, {}, [](int x) { return x * 3; }, 14), 42) << "a captureless lambda";
+    EXPECT_THROW(run(exec, {}, [] { return std::abort(), 0; }), ProcessDied);
+}
+
 int try_mount() {
     return ::mount("none", "/mnt", "tmpfs", 0, nullptr) == 0 ? 0 : errno;
 }

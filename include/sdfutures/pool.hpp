@@ -278,4 +278,28 @@ private:
     detail::PoolCore core_;
 };
 
+// run(), with systemd executing the program (StartMethod::exec) instead of forking the caller:
+//
+//     auto parsed = sdfutures::run(sdfutures::exec, {{"DynamicUser", "yes"}, {"SystemCallFilter", "@system-service"}},
+//                                  &parse, untrusted_bytes);
+//
+// f runs once, in a fresh execution of this program by systemd (sdfutures::init() first in main()), with every
+// property systemd accepts for a service; the unit is gone when this returns. A one-worker pool of one task.
+struct exec_tag {
+    explicit exec_tag() = default;
+};
+inline constexpr exec_tag exec{};
+
+template <class F, class... Args>
+auto run(exec_tag, Properties properties, F&& f, Args&&... args) {
+    using Fn = detail::TaskFunction<F>;
+    static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
+                  "sdfutures::run(sdfutures::exec, ...): the function must be a function pointer or a stateless "
+                  "callable of the program: a process systemd executes holds nothing of this one, no closure's "
+                  "state. Pass the state as arguments, or use sdfutures::run(properties, f, ...), which forks.");
+    TransientUnitPoolExecutor pool(std::move(properties),
+                                   {.max_workers = 1, .max_tasks_per_child = 1, .start_method = StartMethod::exec});
+    return pool.submit(std::forward<F>(f), std::forward<Args>(args)...).get();
+}
+
 }  // namespace sdfutures
