@@ -44,12 +44,15 @@
 #include <vector>
 
 #include "sdfutures/bus.hpp"
+#include "sdfutures/completion.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
+#include "sdfutures/pool_stats.hpp"
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/serialization.hpp"
 #include "sdfutures/start_method.hpp"
+#include "sdfutures/task.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures {
@@ -86,14 +89,15 @@ public:
     PoolCore(const PoolCore&) = delete;
     PoolCore& operator=(const PoolCore&) = delete;
 
-    // `complete` gets the reply payload: it decodes it and fulfils the promise, and returns false when the
-    // payload was malformed (the promise then holds the ProtocolError). `fail` gets an error the pool itself
-    // raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
+    // `complete` gets the reply payload: it decodes it, fulfils the promise, and says what the promise holds
+    // (malformed: the payload was not a reply, and the promise holds the ProtocolError). `fail` gets an error the
+    // pool itself raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
+    enum class Reply { value, exception, malformed };
     struct Submission {
         TaskInvoker invoker;
         std::uintptr_t function;
         std::string arguments;
-        std::function<bool(std::string_view reply)> complete;
+        std::function<Reply(std::string_view reply)> complete;
         std::function<void(std::exception_ptr)> fail;
     };
     std::shared_ptr<TaskState> submit(Submission submission);
@@ -105,6 +109,7 @@ public:
     void end_workers(std::optional<std::chrono::milliseconds> grace);
 
     const Unit& unit() const;
+    PoolStats stats() const;
     std::vector<pid_t> worker_pids() const;
     std::size_t max_workers() const noexcept;
     const WireLimits& limits() const noexcept;
@@ -144,24 +149,6 @@ using TaskFunction = std::conditional_t<std::is_function_v<std::remove_reference
                                         std::add_pointer_t<std::remove_reference_t<F>>, std::decay_t<F>>;
 
 }  // namespace detail
-
-// A submitted task: its future, and the means to cancel it.
-template <class R>
-class Task {
-public:
-    Task(std::future<R> future, std::shared_ptr<detail::TaskState> state)
-        : future_(std::move(future)), state_(std::move(state)) {}
-    std::future<R>& future() noexcept { return future_; }
-    std::future<R> take_future() noexcept { return std::move(future_); }
-    // True when the task had not finished: its future throws TaskCancelled. A queued task never runs; a running
-    // one has its worker killed and replaced, and no other task is affected; one sent ahead to a worker's window
-    // may still run there, and its answer is dropped. False when it had already finished.
-    bool cancel() { return detail::PoolCore::cancel(state_); }
-
-private:
-    std::future<R> future_;
-    std::shared_ptr<detail::TaskState> state_;
-};
 
 class TransientUnitPoolExecutor {
 public:
@@ -234,6 +221,8 @@ public:
     void kill_workers() { core_.end_workers(std::nullopt); }
 
     const Unit& unit() const { return core_.unit(); }
+    // The tasks queued and running now, and those finished and workers replaced so far (see PoolStats).
+    PoolStats stats() const { return core_.stats(); }
     std::vector<pid_t> worker_pids() const { return core_.worker_pids(); }
     std::size_t max_workers() const noexcept { return core_.max_workers(); }
 
@@ -249,6 +238,7 @@ private:
             &detail::invoke_task<R, Fn, A...>, function,
             detail::pack_value(std::tuple<A...>(std::forward<Args>(args)...)),
             [promise, limits = core_.limits()](std::string_view reply) {
+                using Reply = detail::PoolCore::Reply;
                 try {
                     if constexpr (std::is_void_v<R>) {
                         detail::decode_reply<void>(reply, limits);
@@ -258,11 +248,12 @@ private:
                     }
                 } catch (const ProtocolError&) {
                     promise->set_exception(std::current_exception());
-                    return false;
+                    return Reply::malformed;
                 } catch (...) {
                     promise->set_exception(std::current_exception());
+                    return Reply::exception;
                 }
-                return true;
+                return Reply::value;
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};
