@@ -1,7 +1,5 @@
 // The future side of the pool against a real manager: Task::done()/running()/on_done(), as_completed(),
 // wait_any() and the pool's counters (stats()).
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "support/gates.hpp"
 #include "support/manager_environment.hpp"
 
 namespace sdfutures {
@@ -50,17 +49,6 @@ Ended sleep_then_tell(int ms) {
     return {getpid(), monotonic_ns()};
 }
 
-// A task that runs until the test lets it end: it blocks opening a FIFO the test opens for writing.
-int wait_for_gate(std::string fifo, int value) {
-    int fd = ::open(fifo.c_str(), O_RDONLY);
-    char byte = 0;
-    if (fd >= 0) {
-        [[maybe_unused]] ssize_t n = ::read(fd, &byte, 1);
-        ::close(fd);
-    }
-    return value;
-}
-
 void hang() {
     for (;;) ::pause();
 }
@@ -68,37 +56,6 @@ void hang() {
 int throw_runtime_error(int x) { throw std::runtime_error("no " + std::to_string(x)); }
 
 int crash_abort(int) { std::abort(); }
-
-// FIFOs in a directory of their own, removed with it.
-class Gates {
-public:
-    explicit Gates(std::size_t n) {
-        char dir[] = "/tmp/sdfutures-gates-XXXXXX";
-        dir_ = ::mkdtemp(dir);
-        for (std::size_t i = 0; i < n; ++i) {
-            paths_.push_back(dir_ + "/" + std::to_string(i));
-            ::mkfifo(paths_.back().c_str(), 0600);
-        }
-    }
-    ~Gates() {
-        for (auto& p : paths_) ::unlink(p.c_str());
-        ::rmdir(dir_.c_str());
-    }
-    Gates(const Gates&) = delete;
-    Gates& operator=(const Gates&) = delete;
-    const std::string& path(std::size_t i) const { return paths_[i]; }
-    // Lets task i end: blocks until it opened its end, which a running task does at once.
-    void open(std::size_t i) const {
-        int fd = ::open(paths_[i].c_str(), O_WRONLY);
-        ASSERT_GE(fd, 0) << paths_[i];
-        ASSERT_EQ(::write(fd, "x", 1), 1);
-        ::close(fd);
-    }
-
-private:
-    std::string dir_;
-    std::vector<std::string> paths_;
-};
 
 template <class R>
 std::vector<std::size_t> running_indices(const std::vector<Task<R>>& tasks) {
@@ -159,10 +116,10 @@ TEST_F(FuturesTest, AsCompletedYieldsEachOfAHundredTasksOnceInTheOrderTheyFinish
 TEST_F(FuturesTest, AsCompletedFollowsTheOrderTheTasksAreLetEnd) {
     constexpr std::size_t kTasks = 24;
     TransientUnitPoolExecutor pool({}, {.max_workers = 3});
-    Gates gates(kTasks);
+    testing::Gates gates(kTasks);
     std::vector<Task<int>> tasks;
     for (std::size_t i = 0; i < kTasks; ++i)
-        tasks.push_back(pool.schedule(&wait_for_gate, gates.path(i), static_cast<int>(i)));
+        tasks.push_back(pool.schedule(&testing::wait_for_gate, gates.path(i), static_cast<int>(i)));
     std::mt19937 random(99);
     std::set<std::size_t> let_end;
     // Lets one running task end, chosen at random among those running.
@@ -216,7 +173,7 @@ private:
 
 TEST_F(FuturesTest, OnDoneRunsOnceForEveryWayATaskEnds) {
     TransientUnitPoolExecutor pool({}, {.max_workers = 1});
-    Gates gates(1);
+    testing::Gates gates(1);
     CallbackLog log;
     std::vector<Task<int>> tasks;
     tasks.reserve(8);  // the callbacks hold references to the tasks
@@ -232,7 +189,7 @@ TEST_F(FuturesTest, OnDoneRunsOnceForEveryWayATaskEnds) {
     ASSERT_TRUE(eventually([&] { return hung.running(); }));
     EXPECT_TRUE(hung.cancel());
     EXPECT_THROW(hung.future().get(), TaskCancelled);
-    Task<int>& gated = add(pool.schedule(&wait_for_gate, gates.path(0), 6));             // holds the worker
+    Task<int>& gated = add(pool.schedule(&testing::wait_for_gate, gates.path(0), 6));             // holds the worker
     Task<int>& queued = add(pool.schedule(&square, 7));                                 // cancelled queued
     ASSERT_TRUE(eventually([&] { return gated.running(); }));
     EXPECT_TRUE(queued.cancel());
@@ -303,10 +260,10 @@ TEST_F(FuturesTest, WaitAnyReturnsNothingWhenNoneFinishesInTime) {
 
 TEST_F(FuturesTest, WaitAnyReturnsTheTaskThatFinishes) {
     TransientUnitPoolExecutor pool({}, {.max_workers = 2});
-    Gates gates(2);
+    testing::Gates gates(2);
     std::vector<Task<int>> tasks;
-    tasks.push_back(pool.schedule(&wait_for_gate, gates.path(0), 0));
-    tasks.push_back(pool.schedule(&wait_for_gate, gates.path(1), 1));
+    tasks.push_back(pool.schedule(&testing::wait_for_gate, gates.path(0), 0));
+    tasks.push_back(pool.schedule(&testing::wait_for_gate, gates.path(1), 1));
     ASSERT_TRUE(eventually([&] { return tasks[0].running() && tasks[1].running(); }));
     std::thread opener([&] { gates.open(1); });
     EXPECT_EQ(wait_any(tasks), std::optional<std::size_t>(1));
@@ -317,9 +274,9 @@ TEST_F(FuturesTest, WaitAnyReturnsTheTaskThatFinishes) {
 
 TEST_F(FuturesTest, AsCompletedThrowsWaitTimeoutAfterItsTimeoutAndTheRestGoOn) {
     TransientUnitPoolExecutor pool({}, {.max_workers = 2});
-    Gates gates(1);
+    testing::Gates gates(1);
     std::vector<Task<int>> tasks;
-    tasks.push_back(pool.schedule(&wait_for_gate, gates.path(0), 0));
+    tasks.push_back(pool.schedule(&testing::wait_for_gate, gates.path(0), 0));
     tasks.push_back(pool.schedule(&square, 4));
     std::vector<int> got;
     try {
@@ -337,8 +294,8 @@ TEST_F(FuturesTest, AsCompletedThrowsWaitTimeoutAfterItsTimeoutAndTheRestGoOn) {
 TEST_F(FuturesTest, StatsCountAKnownWorkload) {
     TransientUnitPoolExecutor pool({}, {.max_workers = 1});
     EXPECT_EQ(pool.stats().worker_restarts, 0u);
-    Gates gates(1);
-    Task<int> blocker = pool.schedule(&wait_for_gate, gates.path(0), 1);
+    testing::Gates gates(1);
+    Task<int> blocker = pool.schedule(&testing::wait_for_gate, gates.path(0), 1);
     std::vector<Task<int>> squares;
     for (int i = 0; i < 5; ++i) squares.push_back(pool.schedule(&square, i));
     ASSERT_TRUE(eventually([&] { return pool.stats().running == 1; }));
