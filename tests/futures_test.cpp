@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -337,6 +338,78 @@ TEST_F(FuturesTest, StatsCountTimeoutsAsFailedAndKilledWorkersTasksAsCancelled) 
     EXPECT_EQ(s.cancelled, 3u);
     EXPECT_EQ(s.failed, 1u);
     EXPECT_EQ(s.queued + s.running, 0u);
+}
+
+int odd_of(int x) { return 2 * x + 1; }
+
+int fussy(int x) {
+    if (x == 33) throw std::out_of_range("element " + std::to_string(x));
+    if (x == 35) throw std::invalid_argument("element " + std::to_string(x));
+    if (x == 77) std::abort();
+    return x;
+}
+
+TEST_F(FuturesTest, MapInChunksOfAThousandIsCorrectOverAMillionInts) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::vector<int> inputs(1'000'000);
+    for (std::size_t i = 0; i < inputs.size(); ++i) inputs[i] = static_cast<int>(i);
+    std::vector<int> out = pool.map(&odd_of, inputs, {.chunksize = 1000});
+    ASSERT_EQ(out.size(), inputs.size());
+    for (std::size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], 2 * inputs[i] + 1) << i;
+    EXPECT_EQ(pool.stats().completed, 1000u) << "one task per chunk";
+    // A last chunk shorter than the others, and a chunk larger than the input.
+    EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2, 3, 4, 5}, {.chunksize = 2}), (std::vector<int>{3, 5, 7, 9, 11}));
+    EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2}, {.chunksize = 100}), (std::vector<int>{3, 5}));
+    EXPECT_TRUE(pool.map(&odd_of, std::vector<int>{}, {.chunksize = 100}).empty());
+}
+
+TEST_F(FuturesTest, MapInChunksKeepsEachElementsOwnException) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::vector<int> inputs(70);
+    for (std::size_t i = 0; i < inputs.size(); ++i) inputs[i] = static_cast<int>(i);
+    // 33 and 35 throw in the same chunk of ten (30..39): the first in input order is what map() throws, as itself.
+    try {
+        pool.map(&fussy, inputs, {.chunksize = 10});
+        FAIL() << "no exception";
+    } catch (const std::out_of_range& e) {
+        EXPECT_STREQ(e.what(), "element 33");
+    }
+    // The chunk's other elements have their values: 30..32 and 34 come back with 35's exception after them.
+    std::vector<int> around{30, 31, 32, 34, 35};
+    try {
+        pool.map(&fussy, around, {.chunksize = 5});
+        FAIL() << "no exception";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_STREQ(e.what(), "element 35");
+    }
+    EXPECT_EQ(pool.map(&fussy, std::vector<int>{30, 31, 32, 34}, {.chunksize = 5}), (std::vector<int>{30, 31, 32, 34}));
+    // A worker that crashes fails its whole chunk, and only it.
+    std::vector<int> with_crash(100);
+    for (std::size_t i = 0; i < with_crash.size(); ++i) with_crash[i] = static_cast<int>(i) + 40;  // 77 is in 70..79
+    EXPECT_THROW(pool.map(&fussy, with_crash, {.chunksize = 10}), ProcessDied);
+    EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2, 3}, {.chunksize = 2}), (std::vector<int>{3, 5, 7}));
+}
+
+TEST_F(FuturesTest, MapTimeoutThrowsWaitTimeoutAndCancelsWhatIsLeft) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    std::vector<int> inputs(10, 0);
+    EXPECT_THROW(pool.map(+[](int) {
+                     hang();
+                     return 0;
+                 },
+                          inputs, {.chunksize = 2, .timeout = 300ms}),
+                 WaitTimeout);
+    PoolStats s = pool.stats();
+    EXPECT_EQ(s.cancelled, 5u);
+    EXPECT_EQ(s.queued + s.running, 0u);
+    EXPECT_THROW(pool.map(+[](int) {
+                     hang();
+                     return 0;
+                 },
+                          inputs, {.timeout = 300ms}),
+                 WaitTimeout);
+    EXPECT_EQ(pool.stats().cancelled, 15u);
+    EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2, 3}, {.timeout = 30s}), (std::vector<int>{3, 5, 7}));
 }
 
 }  // namespace

@@ -45,6 +45,7 @@
 
 #include "sdfutures/bus.hpp"
 #include "sdfutures/completion.hpp"
+#include "sdfutures/detail/chunks.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/pool_stats.hpp"
@@ -73,6 +74,12 @@ struct PoolOptions {
     std::string unit_name;                // default: "sdfutures-pool-<pid>-<n>-<random>.service"
     std::size_t max_result_bytes = 256u << 20;
     bool keep_stdio = false;              // keep the owner's stdout/stderr in workers (else /dev/null)
+};
+
+// How map() sends its inputs and waits for its results.
+struct MapOptions {
+    std::size_t chunksize = 1;  // inputs per task (and message); 0 and 1: one task per input
+    std::optional<std::chrono::milliseconds> timeout;  // for all the results, from the call: WaitTimeout after it
 };
 
 namespace detail {
@@ -144,6 +151,34 @@ std::string invoke_task(std::uintptr_t function, std::string_view arguments, con
     return run_and_encode<R>(std::function<R()>(call), limits);
 }
 
+// Runs a map() chunk in a worker: f over every input of the chunk, each outcome encoded as its own reply, so that
+// an element's exception stays that element's (see <sdfutures/detail/chunks.hpp>).
+template <class R, class F, class A>
+std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
+    std::vector<A> inputs;
+    try {
+        inputs = unpack_value<std::vector<A>>(arguments, limits);
+    } catch (...) {
+        return encode_exception_reply(std::current_exception());
+    }
+    std::function<std::vector<std::string>()> run_all = [&] {
+        std::vector<std::string> replies;
+        replies.reserve(inputs.size());
+        for (A& input : inputs) {
+            std::function<R()> one = [&]() -> R {
+                if constexpr (FunctionPointer<F>) {
+                    return reinterpret_cast<F>(function)(std::move(input));
+                } else {
+                    return F{}(std::move(input));
+                }
+            };
+            replies.push_back(run_and_encode<R>(one, limits));
+        }
+        return replies;
+    };
+    return run_and_encode<std::vector<std::string>>(run_all, limits);
+}
+
 template <class F>
 using TaskFunction = std::conditional_t<std::is_function_v<std::remove_reference_t<F>>,
                                         std::add_pointer_t<std::remove_reference_t<F>>, std::decay_t<F>>;
@@ -187,25 +222,62 @@ public:
         return schedule(std::forward<F>(f), std::forward<Args>(args)...).take_future();
     }
 
-    // f applied to every element, results in input order. The first failing element's exception is
-    // rethrown (after the elements before it were collected).
+    // f applied to every element, results in input order. The first failing element's exception is rethrown (after
+    // the elements before it were collected). With options.timeout, WaitTimeout once the results are not all
+    // there that long after the call. On the way out by an exception, the tasks not finished are cancelled (a
+    // running one has its worker killed): their results could not be had any more.
+    //
+    // options.chunksize N > 1 sends N elements per task (one message each way), which is much cheaper for small
+    // elements. An element's exception is still that element's: each element's outcome travels in the chunk's
+    // reply. A fault of the task as a whole (its worker crashed or ran over task_timeout, it was cancelled) is the
+    // error of all its elements; the pool's task_timeout and stats() then count chunks, not elements.
     template <class F, std::ranges::input_range Range>
-    auto map(F&& f, Range&& inputs) {
+    auto map(F&& f, Range&& inputs, MapOptions options = {}) {
         using Fn = detail::TaskFunction<F>;
         using Arg = std::decay_t<std::ranges::range_reference_t<Range>>;
         using R = std::invoke_result_t<Fn&, Arg&&>;
         static_assert(!std::is_void_v<R>, "sdfutures: map() needs a function that returns a value");
-        std::vector<std::future<R>> futures;
+        const auto deadline = detail::deadline_after(options.timeout);
+        if (options.chunksize <= 1) {
+            std::vector<std::future<R>> futures;
+            std::vector<detail::PoolCore::Submission> batch;
+            for (auto&& input : inputs) {
+                auto [submission, future] = prepare<R, Fn, Arg>(f, std::forward<decltype(input)>(input));
+                batch.push_back(std::move(submission));
+                futures.push_back(std::move(future));
+            }
+            CancelUnfinished unfinished{core_.submit_many(std::move(batch))};  // one lock and one wake-up
+            std::vector<R> results;
+            results.reserve(futures.size());
+            for (auto& future : futures) results.push_back(wait_for_result(future, deadline, options)->get());
+            unfinished.tasks.clear();
+            return results;
+        }
+        std::vector<std::future<std::vector<detail::ChunkElement<R>>>> futures;
         std::vector<detail::PoolCore::Submission> batch;
-        for (auto&& input : inputs) {
-            auto [submission, future] = prepare<R, Fn, Arg>(f, std::forward<decltype(input)>(input));
+        std::vector<Arg> chunk;
+        std::size_t count = 0;
+        auto add_chunk = [&] {
+            auto [submission, future] = prepare_chunk<R, Fn, Arg>(f, std::exchange(chunk, {}));
             batch.push_back(std::move(submission));
             futures.push_back(std::move(future));
+        };
+        for (auto&& input : inputs) {
+            chunk.emplace_back(std::forward<decltype(input)>(input));
+            ++count;
+            if (chunk.size() == options.chunksize) add_chunk();
         }
-        core_.submit_many(std::move(batch));  // one lock and one wake-up for the whole range
+        if (!chunk.empty()) add_chunk();
+        CancelUnfinished unfinished{core_.submit_many(std::move(batch))};
         std::vector<R> results;
-        results.reserve(futures.size());
-        for (auto& future : futures) results.push_back(future.get());
+        results.reserve(count);
+        for (auto& future : futures) {
+            for (auto& element : wait_for_result(future, deadline, options)->get()) {
+                if (element.error) std::rethrow_exception(element.error);
+                results.push_back(std::move(*element.value));
+            }
+        }
+        unfinished.tasks.clear();
         return results;
     }
 
@@ -227,6 +299,55 @@ public:
     std::size_t max_workers() const noexcept { return core_.max_workers(); }
 
 private:
+    // Cancels, when map() leaves by an exception, the tasks it submitted that are not finished.
+    struct CancelUnfinished {
+        std::vector<std::shared_ptr<detail::TaskState>> tasks;
+        explicit CancelUnfinished(std::vector<std::shared_ptr<detail::TaskState>> submitted)
+            : tasks(std::move(submitted)) {}
+        CancelUnfinished(const CancelUnfinished&) = delete;
+        CancelUnfinished& operator=(const CancelUnfinished&) = delete;
+        ~CancelUnfinished() {
+            for (auto& task : tasks) detail::PoolCore::cancel(task);
+        }
+    };
+
+    template <class Future>
+    static Future* wait_for_result(Future& future, std::optional<std::chrono::steady_clock::time_point> deadline,
+                                   const MapOptions& options) {
+        if (deadline && future.wait_until(*deadline) == std::future_status::timeout)
+            throw WaitTimeout("map(): the results were not all there within " +
+                              std::to_string(options.timeout->count()) + " ms; the tasks not finished were cancelled");
+        return &future;
+    }
+
+    template <class R, class Fn, class Arg, class F>
+    auto prepare_chunk(F& f, std::vector<Arg> chunk) {
+        using Elements = std::vector<detail::ChunkElement<R>>;
+        auto promise = std::make_shared<std::promise<Elements>>();
+        std::future<Elements> future = promise->get_future();
+        std::uintptr_t function = 0;
+        if constexpr (detail::FunctionPointer<Fn>) function = reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
+        (void)f;
+        const std::size_t size = chunk.size();
+        detail::PoolCore::Submission s{
+            &detail::invoke_chunk<R, Fn, Arg>, function, detail::pack_value(chunk),
+            [promise, size, limits = core_.limits()](std::string_view reply) {
+                using Reply = detail::PoolCore::Reply;
+                try {
+                    promise->set_value(detail::decode_chunk<R>(reply, size, limits));
+                } catch (const ProtocolError&) {
+                    promise->set_exception(std::current_exception());
+                    return Reply::malformed;
+                } catch (...) {
+                    promise->set_exception(std::current_exception());
+                    return Reply::exception;
+                }
+                return Reply::value;
+            },
+            [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
+        return std::pair{std::move(s), std::move(future)};
+    }
+
     template <class R, class Fn, class... A, class F, class... Args>
     auto prepare(F& f, Args&&... args) {
         auto promise = std::make_shared<std::promise<R>>();
