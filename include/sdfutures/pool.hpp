@@ -5,6 +5,8 @@
 //     sdfutures::TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}, {"User", "nobody"}});
 //     std::future<int> f = pool.submit(&burn, 5);
 //     std::vector<int> squares = pool.map(&square, inputs);
+//     sdfutures::Task<int> t = pool.schedule(&burn, 5);   // done(), running(), on_done(), cancel()
+//     for (auto& done : sdfutures::as_completed(tasks)) ...   // <sdfutures/completion.hpp>
 //
 // What a task is. Workers are forked once, at construction (and to replace one that died), from a small
 // single-threaded fork server that is itself a fork of the owner; they are not forked per task. So a task
