@@ -413,10 +413,10 @@ void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exce
 // The task at the head of a worker's window is the one it runs (as far as the owner knows).
 void PoolCore::Impl::start_head(Worker& w) {
     if (w.in_flight.empty()) return;
-    int expected = TaskState::sent;
-    if (!w.in_flight.front()->status.compare_exchange_strong(expected, TaskState::started)) return;  // cancelled
+    // Under the lock with the count: a cancel() claiming it meanwhile takes the count back only after this.
     std::lock_guard lock(mutex);
-    ++counts.running;
+    int expected = TaskState::sent;
+    if (w.in_flight.front()->status.compare_exchange_strong(expected, TaskState::started)) ++counts.running;
 }
 
 // The pool can take on no more workers: tasks not started fail with `error` and submit() throws it, while those

@@ -202,19 +202,8 @@ public:
     template <class F, class... Args>
     auto schedule(F&& f, Args&&... args) {
         using Fn = detail::TaskFunction<F>;
-        static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
-                      "sdfutures: a pool task must be a function pointer or a stateless callable (e.g. a captureless "
-                      "lambda): workers are long-lived forks, so a closure's captured state cannot travel to them. "
-                      "Pass the state as arguments, or use sdfutures::TransientUnitProcess / sdfutures::run for "
-                      "closures.");
-        static_assert((Serializable<std::decay_t<Args>> && ...),
-                      "sdfutures: every argument of a pool task must be serializable (see "
-                      "<sdfutures/serialization.hpp>); pointers and references to the owner's memory mean "
-                      "nothing in a worker.");
         using R = std::invoke_result_t<Fn&, std::decay_t<Args>&&...>;
-        static_assert(std::is_void_v<R> || Serializable<R>,
-                      "sdfutures: the task's result type cannot be sent back from a worker; see "
-                      "<sdfutures/serialization.hpp>.");
+        check_task<Fn, R, std::decay_t<Args>...>();
         auto [future, state] = make_submission<R, Fn, std::decay_t<Args>...>(f, std::forward<Args>(args)...);
         return Task<R>(std::move(future), std::move(state));
     }
@@ -238,6 +227,7 @@ public:
         using Fn = detail::TaskFunction<F>;
         using Arg = std::decay_t<std::ranges::range_reference_t<Range>>;
         using R = std::invoke_result_t<Fn&, Arg&&>;
+        check_task<Fn, R, Arg>();
         static_assert(!std::is_void_v<R>, "sdfutures: map() needs a function that returns a value");
         const auto deadline = detail::deadline_after(options.timeout);
         if (options.chunksize <= 1) {
@@ -301,6 +291,23 @@ public:
     std::size_t max_workers() const noexcept { return core_.max_workers(); }
 
 private:
+    // What makes a callable and its arguments a pool task, with messages that say what to do instead.
+    template <class Fn, class R, class... A>
+    static constexpr void check_task() {
+        static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
+                      "sdfutures: a pool task must be a function pointer or a stateless callable (e.g. a captureless "
+                      "lambda): workers are long-lived forks, so a closure's captured state cannot travel to them. "
+                      "Pass the state as arguments, or use sdfutures::TransientUnitProcess / sdfutures::run for "
+                      "closures.");
+        static_assert((Serializable<A> && ...),
+                      "sdfutures: every argument of a pool task must be serializable (see "
+                      "<sdfutures/serialization.hpp>); pointers and references to the owner's memory mean "
+                      "nothing in a worker.");
+        static_assert(std::is_void_v<R> || Serializable<R>,
+                      "sdfutures: the task's result type cannot be sent back from a worker; see "
+                      "<sdfutures/serialization.hpp>.");
+    }
+
     // Cancels, when map() leaves by an exception, the tasks it submitted that are not finished.
     struct CancelUnfinished {
         std::vector<std::shared_ptr<detail::TaskState>> tasks;
