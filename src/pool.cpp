@@ -380,6 +380,11 @@ PoolCore::Impl::Outcome outcome_of(const std::exception_ptr& error) {
 // After the task's future was fulfilled by the thread that resolved it: its callbacks and watches, then the count.
 // Callbacks run first, so that shutdown(true) and the destructor, which wait for the count, return after them.
 void PoolCore::Impl::settle(TaskState& task, int status_before, Outcome outcome) {
+    // The promise goes at once, not when the last holder of the task lets go of it: the result's memory is not
+    // kept for a Task the user holds on to, and the future's shared state (and a task's exception in it) is
+    // released by this thread before the waiting side can be long done with it (see scripts/sanitize-tsan).
+    task.submission.complete = nullptr;
+    task.submission.fail = nullptr;
     task.complete();
     task_finished(status_before, outcome);
 }

@@ -58,8 +58,8 @@ public:
 
     // Calls `callback` (no arguments) once, when the task is done — with a value, an exception, cancelled or
     // timed out — right after its future became ready; at once, in the calling thread, if it is done already.
-    // It runs in the thread that settles the task: the pool's dispatcher thread, or the thread that called
-    // cancel(), shutdown(cancel_pending) or kill_workers(). Keep it short and non-blocking: while it runs the
+    // It runs in the thread that settles the task: the pool's dispatcher thread (a worker's answer, a crash, a
+    // timeout, kill_workers()), or the thread that called cancel() or shutdown(cancel_pending). Keep it short and non-blocking: while it runs the
     // dispatcher serves no other task, and a callback that waits for the pool (map(), shutdown(true), the
     // destructor) deadlocks it. It may submit(), cancel() and stats(). An exception it throws is caught and
     // reported on stderr; the pool goes on. Callbacks of one task run in the order they were added.
