@@ -8,6 +8,10 @@ install(TARGETS sdfutures EXPORT sdfuturesTargets
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/sdfutures DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT sdfuturesTargets NAMESPACE sdfutures:: DESTINATION ${SDFUTURES_CMAKE_DIR})
+if(TARGET sdfutures_boost)
+  install(TARGETS sdfutures_boost EXPORT sdfuturesBoostTargets)
+  install(EXPORT sdfuturesBoostTargets NAMESPACE sdfutures:: DESTINATION ${SDFUTURES_CMAKE_DIR})
+endif()
 configure_package_config_file(cmake/sdfuturesConfig.cmake.in ${CMAKE_CURRENT_BINARY_DIR}/sdfuturesConfig.cmake
                               INSTALL_DESTINATION ${SDFUTURES_CMAKE_DIR})
 write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/sdfuturesConfigVersion.cmake

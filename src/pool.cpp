@@ -28,6 +28,7 @@
 #include "program_image.hpp"
 #include "property_reach.hpp"
 #include "pool_bus.hpp"
+#include "task_state.hpp"
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
 
@@ -36,30 +37,6 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-// A task's life: queued → sent (to a worker's window; the head of that window is running) → resolved, or
-// cancelled while queued. Whoever moves it to `resolved` (the dispatcher, or a thread cancelling it) alone
-// fulfils its future and counts it finished.
-struct TaskState {
-    enum Status : int { queued, sent, resolved };
-    std::atomic<int> status{queued};
-    std::uint64_t id = 0;  // unguessable: a worker's reply must name the task it answers
-    PoolCore::Submission submission;
-    // What the worker is told to run: the invoker's and the function's addresses, or (exec) their offsets in the
-    // program's image.
-    std::uintptr_t invoker_code = 0;
-    std::uintptr_t function_code = 0;
-    PoolCore::Impl* pool = nullptr;
-
-    // Claims the right to resolve the task: the status it had, or `resolved` when someone else already did.
-    int claim_from() noexcept {
-        int s = status.load();
-        while (s != resolved)
-            if (status.compare_exchange_weak(s, resolved)) return s;
-        return resolved;
-    }
-    bool claim() noexcept { return claim_from() != resolved; }
-};
 
 namespace {
 
@@ -160,6 +137,7 @@ struct PoolCore::Impl {
     std::deque<std::shared_ptr<TaskState>> queue;
     std::vector<std::shared_ptr<TaskState>> cancelled_running;  // resolved by cancel(); their workers must go
     std::size_t unfinished = 0;
+    PoolStats counts;  // all but `queued`, which is unfinished - counts.running
     std::uint64_t next_id = 0;
     bool accepting = true;
     bool retire = false;
@@ -224,7 +202,10 @@ struct PoolCore::Impl {
     bool main_process_gone() const;
 
     // tasks
-    void task_finished();
+    enum class Outcome { completed, failed, cancelled };
+    void settle(TaskState& task, int status_before, Outcome outcome);
+    void task_finished(int status_before, Outcome outcome);
+    void start_head(Worker& w);
     void fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error);
 };
 
@@ -418,9 +399,41 @@ std::size_t PoolCore::Impl::live_workers() const {
     }));
 }
 
-void PoolCore::Impl::task_finished() {
+namespace {
+
+PoolCore::Impl::Outcome outcome_of(const std::exception_ptr& error) {
+    try {
+        std::rethrow_exception(error);
+    } catch (const TaskCancelled&) {
+        return PoolCore::Impl::Outcome::cancelled;
+    } catch (...) {
+        return PoolCore::Impl::Outcome::failed;
+    }
+}
+
+}  // namespace
+
+// After the task's future was fulfilled by the thread that resolved it: its callbacks and watches, then the count.
+// Callbacks run first, so that shutdown(true) and the destructor, which wait for the count, return after them.
+void PoolCore::Impl::settle(TaskState& task, int status_before, Outcome outcome) {
+    // The promise goes at once, not when the last holder of the task lets go of it: the result's memory is not
+    // kept for a Task the user holds on to, and the future's shared state (and a task's exception in it) is
+    // released by this thread before the waiting side can be long done with it (see scripts/sanitize-tsan).
+    task.submission.complete = nullptr;
+    task.submission.fail = nullptr;
+    task.complete();
+    task_finished(status_before, outcome);
+}
+
+void PoolCore::Impl::task_finished(int status_before, Outcome outcome) {
     std::lock_guard lock(mutex);
     --unfinished;
+    if (status_before == TaskState::started) --counts.running;
+    switch (outcome) {
+    case Outcome::completed: ++counts.completed; break;
+    case Outcome::failed: ++counts.failed; break;
+    case Outcome::cancelled: ++counts.cancelled; break;
+    }
     changed.notify_all();
     // A retiring dispatcher sleeps in poll() until this count reaches zero, which a task cancelled by another
     // thread brings about without any event of its own. Under the lock: the pool may be gone right after.
@@ -428,12 +441,23 @@ void PoolCore::Impl::task_finished() {
 }
 
 void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error) {
-    if (!task->claim()) return;
+    const int before = task->claim_from();
+    if (before == TaskState::resolved) return;
+    const Outcome outcome = outcome_of(error);
     try {
         task->submission.fail(std::move(error));
     } catch (...) {
     }
-    task_finished();
+    settle(*task, before, outcome);
+}
+
+// The task at the head of a worker's window is the one it runs (as far as the owner knows).
+void PoolCore::Impl::start_head(Worker& w) {
+    if (w.in_flight.empty()) return;
+    // Under the lock with the count: a cancel() claiming it meanwhile takes the count back only after this.
+    std::lock_guard lock(mutex);
+    int expected = TaskState::sent;
+    if (w.in_flight.front()->status.compare_exchange_strong(expected, TaskState::started)) ++counts.running;
 }
 
 // The pool can take on no more workers: tasks not started fail with `error` and submit() throws it, while those
@@ -487,7 +511,12 @@ void PoolCore::Impl::requeue_window(Worker& w) {
         if (!error) {
             for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
                 int expected = TaskState::sent;
-                if ((*it)->status.compare_exchange_strong(expected, TaskState::queued)) queue.push_front(std::move(*it));
+                bool back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
+                if (!back && expected == TaskState::started) {
+                    back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
+                    if (back) --counts.running;
+                }
+                if (back) queue.push_front(std::move(*it));
             }
         }
     }
@@ -675,6 +704,8 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
             decode_reply<void>(message.body.view(), limits);
             w.phase = Worker::Phase::ready;
             update_pids();
+            std::lock_guard lock(mutex);
+            ++counts.worker_restarts;  // the dispatcher only sees replacements enter
         } catch (...) {
             w.condemned = true;
             w.kill();
@@ -702,15 +733,18 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
     w.in_flight.pop_front();
     w.head_since = Clock::now();
     w.last_answered = task->id;
-    if (!task->claim()) return;  // cancelled while it ran: the answer is no longer wanted
-    bool well_formed = true;
+    start_head(w);
+    const int before = task->claim_from();
+    if (before == TaskState::resolved) return;  // cancelled while it ran: the answer is no longer wanted
+    Reply reply = Reply::value;
     std::string().swap(task->submission.arguments);
     try {
-        well_formed = task->submission.complete(message.body.view());
+        reply = task->submission.complete(message.body.view());
     } catch (...) {
+        reply = Reply::exception;  // only the promise itself can throw here: it was satisfied already
     }
-    task_finished();
-    if (!well_formed) {
+    settle(*task, before, reply == Reply::value ? Outcome::completed : Outcome::failed);
+    if (reply == Reply::malformed) {
         // The task's future holds the ProtocolError already: only its worker goes.
         condemn(w, nullptr);
     }
@@ -774,15 +808,21 @@ void PoolCore::Impl::assign_tasks() {
             if (queue.empty()) break;
             if (w->in_flight.size() >= depth) continue;
             if (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) continue;
+            // The head of an empty window is the task the worker runs next: it starts now.
+            const bool head = w->in_flight.empty();
             std::shared_ptr<TaskState> task;
             while (!queue.empty() && !task) {
                 task = std::move(queue.front());
                 queue.pop_front();
                 int expected = TaskState::queued;
-                if (!task->status.compare_exchange_strong(expected, TaskState::sent)) task.reset();  // cancelled
+                if (!task->status.compare_exchange_strong(expected, head ? TaskState::started : TaskState::sent))
+                    task.reset();  // cancelled
             }
             if (!task) break;
-            if (w->in_flight.empty()) w->head_since = Clock::now();
+            if (head) {
+                w->head_since = Clock::now();
+                ++counts.running;
+            }
             w->writer.queue(task->id, encode_task(task->invoker_code, task->function_code, task->submission.arguments));
             w->in_flight.push_back(std::move(task));
             ++w->assigned;
@@ -1079,14 +1119,14 @@ bool PoolCore::cancel(const std::shared_ptr<TaskState>& task) {
     } catch (...) {
     }
     Impl& pool = *task->pool;  // the pool outlives every unfinished task
-    if (before == TaskState::sent) {
+    if (before == TaskState::sent || before == TaskState::started) {
         {
             std::lock_guard lock(pool.mutex);
             pool.cancelled_running.push_back(task);
         }
         pool.wake_up();
     }
-    pool.task_finished();
+    pool.settle(*task, before, Impl::Outcome::cancelled);
     return true;
 }
 
@@ -1105,7 +1145,7 @@ void PoolCore::shutdown(bool wait, bool cancel_pending) {
             task->submission.fail(std::make_exception_ptr(TaskCancelled("the task was cancelled before it started")));
         } catch (...) {
         }
-        impl_->task_finished();
+        impl_->settle(*task, TaskState::queued, Impl::Outcome::cancelled);
     }
     if (!wait) return;
     {
@@ -1130,6 +1170,15 @@ void PoolCore::end_workers(std::optional<std::chrono::milliseconds> grace) {
 }
 
 const Unit& PoolCore::unit() const { return *impl_->unit; }
+
+PoolStats PoolCore::stats() const {
+    std::lock_guard lock(impl_->mutex);
+    PoolStats stats = impl_->counts;
+    stats.queued = impl_->unfinished - stats.running;
+    return stats;
+}
+
+bool cancel_task(const std::shared_ptr<TaskState>& task) { return PoolCore::cancel(task); }
 
 std::vector<pid_t> PoolCore::worker_pids() const {
     std::lock_guard lock(impl_->pids_mutex);

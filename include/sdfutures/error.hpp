@@ -182,7 +182,14 @@ public:
     using Error::Error;
 };
 
-// A task was cancelled before it started.
+// A wait for several tasks (as_completed(), <sdfutures/completion.hpp>) ran over its own timeout. The tasks
+// themselves go on; it is not TaskTimeout, which fails one task its pool's task_timeout ended.
+class WaitTimeout : public Error {
+public:
+    using Error::Error;
+};
+
+// A task was cancelled: before it started, while it ran (its worker killed), or by kill_workers().
 class TaskCancelled : public Error {
 public:
     using Error::Error;

@@ -5,6 +5,8 @@
 //     sdfutures::TransientUnitPoolExecutor pool({{"CPUQuota", "25%"}, {"User", "nobody"}});
 //     std::future<int> f = pool.submit(&burn, 5);
 //     std::vector<int> squares = pool.map(&square, inputs);
+//     sdfutures::Task<int> t = pool.schedule(&burn, 5);   // done(), running(), on_done(), cancel()
+//     for (auto& done : sdfutures::as_completed(tasks)) ...   // <sdfutures/completion.hpp>
 //
 // What a task is. Workers are forked once, at construction (and to replace one that died), from a small
 // single-threaded fork server that is itself a fork of the owner; they are not forked per task. So a task
@@ -44,12 +46,16 @@
 #include <vector>
 
 #include "sdfutures/bus.hpp"
+#include "sdfutures/completion.hpp"
+#include "sdfutures/detail/chunks.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
+#include "sdfutures/pool_stats.hpp"
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/serialization.hpp"
 #include "sdfutures/start_method.hpp"
+#include "sdfutures/task.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures {
@@ -72,6 +78,12 @@ struct PoolOptions {
     bool keep_stdio = false;              // keep the owner's stdout/stderr in workers (else /dev/null)
 };
 
+// How map() sends its inputs and waits for its results.
+struct MapOptions {
+    std::size_t chunksize = 1;  // inputs per task (and message); 0 and 1: one task per input
+    std::optional<std::chrono::milliseconds> timeout;  // for all the results, from the call: WaitTimeout after it
+};
+
 namespace detail {
 
 // Runs a task in a worker: decodes the arguments, calls the function, encodes the reply.
@@ -86,14 +98,15 @@ public:
     PoolCore(const PoolCore&) = delete;
     PoolCore& operator=(const PoolCore&) = delete;
 
-    // `complete` gets the reply payload: it decodes it and fulfils the promise, and returns false when the
-    // payload was malformed (the promise then holds the ProtocolError). `fail` gets an error the pool itself
-    // raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
+    // `complete` gets the reply payload: it decodes it, fulfils the promise, and says what the promise holds
+    // (malformed: the payload was not a reply, and the promise holds the ProtocolError). `fail` gets an error the
+    // pool itself raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
+    enum class Reply { value, exception, malformed };
     struct Submission {
         TaskInvoker invoker;
         std::uintptr_t function;
         std::string arguments;
-        std::function<bool(std::string_view reply)> complete;
+        std::function<Reply(std::string_view reply)> complete;
         std::function<void(std::exception_ptr)> fail;
     };
     std::shared_ptr<TaskState> submit(Submission submission);
@@ -105,6 +118,7 @@ public:
     void end_workers(std::optional<std::chrono::milliseconds> grace);
 
     const Unit& unit() const;
+    PoolStats stats() const;
     std::vector<pid_t> worker_pids() const;
     std::size_t max_workers() const noexcept;
     const WireLimits& limits() const noexcept;
@@ -139,29 +153,39 @@ std::string invoke_task(std::uintptr_t function, std::string_view arguments, con
     return run_and_encode<R>(std::function<R()>(call), limits);
 }
 
+// Runs a map() chunk in a worker: f over every input of the chunk, each outcome encoded as its own reply, so that
+// an element's exception stays that element's (see <sdfutures/detail/chunks.hpp>).
+template <class R, class F, class A>
+std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
+    std::vector<A> inputs;
+    try {
+        inputs = unpack_value<std::vector<A>>(arguments, limits);
+    } catch (...) {
+        return encode_exception_reply(std::current_exception());
+    }
+    std::function<std::vector<std::string>()> run_all = [&] {
+        std::vector<std::string> replies;
+        replies.reserve(inputs.size());
+        for (A& input : inputs) {
+            std::function<R()> one = [&]() -> R {
+                if constexpr (FunctionPointer<F>) {
+                    return reinterpret_cast<F>(function)(std::move(input));
+                } else {
+                    return F{}(std::move(input));
+                }
+            };
+            replies.push_back(run_and_encode<R>(one, limits));
+        }
+        return replies;
+    };
+    return run_and_encode<std::vector<std::string>>(run_all, limits);
+}
+
 template <class F>
 using TaskFunction = std::conditional_t<std::is_function_v<std::remove_reference_t<F>>,
                                         std::add_pointer_t<std::remove_reference_t<F>>, std::decay_t<F>>;
 
 }  // namespace detail
-
-// A submitted task: its future, and the means to cancel it.
-template <class R>
-class Task {
-public:
-    Task(std::future<R> future, std::shared_ptr<detail::TaskState> state)
-        : future_(std::move(future)), state_(std::move(state)) {}
-    std::future<R>& future() noexcept { return future_; }
-    std::future<R> take_future() noexcept { return std::move(future_); }
-    // True when the task had not finished: its future throws TaskCancelled. A queued task never runs; a running
-    // one has its worker killed and replaced, and no other task is affected; one sent ahead to a worker's window
-    // may still run there, and its answer is dropped. False when it had already finished.
-    bool cancel() { return detail::PoolCore::cancel(state_); }
-
-private:
-    std::future<R> future_;
-    std::shared_ptr<detail::TaskState> state_;
-};
 
 class TransientUnitPoolExecutor {
 public:
@@ -178,19 +202,8 @@ public:
     template <class F, class... Args>
     auto schedule(F&& f, Args&&... args) {
         using Fn = detail::TaskFunction<F>;
-        static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
-                      "sdfutures: a pool task must be a function pointer or a stateless callable (e.g. a captureless "
-                      "lambda): workers are long-lived forks, so a closure's captured state cannot travel to them. "
-                      "Pass the state as arguments, or use sdfutures::TransientUnitProcess / sdfutures::run for "
-                      "closures.");
-        static_assert((Serializable<std::decay_t<Args>> && ...),
-                      "sdfutures: every argument of a pool task must be serializable (see "
-                      "<sdfutures/serialization.hpp>); pointers and references to the owner's memory mean "
-                      "nothing in a worker.");
         using R = std::invoke_result_t<Fn&, std::decay_t<Args>&&...>;
-        static_assert(std::is_void_v<R> || Serializable<R>,
-                      "sdfutures: the task's result type cannot be sent back from a worker; see "
-                      "<sdfutures/serialization.hpp>.");
+        check_task<Fn, R, std::decay_t<Args>...>();
         auto [future, state] = make_submission<R, Fn, std::decay_t<Args>...>(f, std::forward<Args>(args)...);
         return Task<R>(std::move(future), std::move(state));
     }
@@ -200,25 +213,63 @@ public:
         return schedule(std::forward<F>(f), std::forward<Args>(args)...).take_future();
     }
 
-    // f applied to every element, results in input order. The first failing element's exception is
-    // rethrown (after the elements before it were collected).
+    // f applied to every element, results in input order. The first failing element's exception is rethrown (after
+    // the elements before it were collected). With options.timeout, WaitTimeout once the results are not all
+    // there that long after the call. On the way out by an exception, the tasks not finished are cancelled (a
+    // running one has its worker killed): their results could not be had any more.
+    //
+    // options.chunksize N > 1 sends N elements per task (one message each way), which is much cheaper for small
+    // elements. An element's exception is still that element's: each element's outcome travels in the chunk's
+    // reply. A fault of the task as a whole (its worker crashed or ran over task_timeout, it was cancelled) is the
+    // error of all its elements; the pool's task_timeout and stats() then count chunks, not elements.
     template <class F, std::ranges::input_range Range>
-    auto map(F&& f, Range&& inputs) {
+    auto map(F&& f, Range&& inputs, MapOptions options = {}) {
         using Fn = detail::TaskFunction<F>;
         using Arg = std::decay_t<std::ranges::range_reference_t<Range>>;
         using R = std::invoke_result_t<Fn&, Arg&&>;
+        check_task<Fn, R, Arg>();
         static_assert(!std::is_void_v<R>, "sdfutures: map() needs a function that returns a value");
-        std::vector<std::future<R>> futures;
+        const auto deadline = detail::deadline_after(options.timeout);
+        if (options.chunksize <= 1) {
+            std::vector<std::future<R>> futures;
+            std::vector<detail::PoolCore::Submission> batch;
+            for (auto&& input : inputs) {
+                auto [submission, future] = prepare<R, Fn, Arg>(f, std::forward<decltype(input)>(input));
+                batch.push_back(std::move(submission));
+                futures.push_back(std::move(future));
+            }
+            CancelUnfinished unfinished{core_.submit_many(std::move(batch))};  // one lock and one wake-up
+            std::vector<R> results;
+            results.reserve(futures.size());
+            for (auto& future : futures) results.push_back(wait_for_result(future, deadline, options)->get());
+            unfinished.tasks.clear();
+            return results;
+        }
+        std::vector<std::future<std::vector<detail::ChunkElement<R>>>> futures;
         std::vector<detail::PoolCore::Submission> batch;
-        for (auto&& input : inputs) {
-            auto [submission, future] = prepare<R, Fn, Arg>(f, std::forward<decltype(input)>(input));
+        std::vector<Arg> chunk;
+        std::size_t count = 0;
+        auto add_chunk = [&] {
+            auto [submission, future] = prepare_chunk<R, Fn, Arg>(f, std::exchange(chunk, {}));
             batch.push_back(std::move(submission));
             futures.push_back(std::move(future));
+        };
+        for (auto&& input : inputs) {
+            chunk.emplace_back(std::forward<decltype(input)>(input));
+            ++count;
+            if (chunk.size() == options.chunksize) add_chunk();
         }
-        core_.submit_many(std::move(batch));  // one lock and one wake-up for the whole range
+        if (!chunk.empty()) add_chunk();
+        CancelUnfinished unfinished{core_.submit_many(std::move(batch))};
         std::vector<R> results;
-        results.reserve(futures.size());
-        for (auto& future : futures) results.push_back(future.get());
+        results.reserve(count);
+        for (auto& future : futures) {
+            for (auto& element : wait_for_result(future, deadline, options)->get()) {
+                if (element.error) std::rethrow_exception(element.error);
+                results.push_back(std::move(*element.value));
+            }
+        }
+        unfinished.tasks.clear();
         return results;
     }
 
@@ -234,10 +285,78 @@ public:
     void kill_workers() { core_.end_workers(std::nullopt); }
 
     const Unit& unit() const { return core_.unit(); }
+    // The tasks queued and running now, and those finished and workers replaced so far (see PoolStats).
+    PoolStats stats() const { return core_.stats(); }
     std::vector<pid_t> worker_pids() const { return core_.worker_pids(); }
     std::size_t max_workers() const noexcept { return core_.max_workers(); }
 
 private:
+    // What makes a callable and its arguments a pool task, with messages that say what to do instead.
+    template <class Fn, class R, class... A>
+    static constexpr void check_task() {
+        static_assert(detail::FunctionPointer<Fn> || detail::StatelessCallable<Fn>,
+                      "sdfutures: a pool task must be a function pointer or a stateless callable (e.g. a captureless "
+                      "lambda): workers are long-lived forks, so a closure's captured state cannot travel to them. "
+                      "Pass the state as arguments, or use sdfutures::TransientUnitProcess / sdfutures::run for "
+                      "closures.");
+        static_assert((Serializable<A> && ...),
+                      "sdfutures: every argument of a pool task must be serializable (see "
+                      "<sdfutures/serialization.hpp>); pointers and references to the owner's memory mean "
+                      "nothing in a worker.");
+        static_assert(std::is_void_v<R> || Serializable<R>,
+                      "sdfutures: the task's result type cannot be sent back from a worker; see "
+                      "<sdfutures/serialization.hpp>.");
+    }
+
+    // Cancels, when map() leaves by an exception, the tasks it submitted that are not finished.
+    struct CancelUnfinished {
+        std::vector<std::shared_ptr<detail::TaskState>> tasks;
+        explicit CancelUnfinished(std::vector<std::shared_ptr<detail::TaskState>> submitted)
+            : tasks(std::move(submitted)) {}
+        CancelUnfinished(const CancelUnfinished&) = delete;
+        CancelUnfinished& operator=(const CancelUnfinished&) = delete;
+        ~CancelUnfinished() {
+            for (auto& task : tasks) detail::PoolCore::cancel(task);
+        }
+    };
+
+    template <class Future>
+    static Future* wait_for_result(Future& future, std::optional<std::chrono::steady_clock::time_point> deadline,
+                                   const MapOptions& options) {
+        if (deadline && future.wait_until(*deadline) == std::future_status::timeout)
+            throw WaitTimeout("map(): the results were not all there within " +
+                              std::to_string(options.timeout->count()) + " ms; the tasks not finished were cancelled");
+        return &future;
+    }
+
+    template <class R, class Fn, class Arg, class F>
+    auto prepare_chunk(F& f, std::vector<Arg> chunk) {
+        using Elements = std::vector<detail::ChunkElement<R>>;
+        auto promise = std::make_shared<std::promise<Elements>>();
+        std::future<Elements> future = promise->get_future();
+        std::uintptr_t function = 0;
+        if constexpr (detail::FunctionPointer<Fn>) function = reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
+        (void)f;
+        const std::size_t size = chunk.size();
+        detail::PoolCore::Submission s{
+            &detail::invoke_chunk<R, Fn, Arg>, function, detail::pack_value(chunk),
+            [promise, size, limits = core_.limits()](std::string_view reply) {
+                using Reply = detail::PoolCore::Reply;
+                try {
+                    promise->set_value(detail::decode_chunk<R>(reply, size, limits));
+                } catch (const ProtocolError&) {
+                    promise->set_exception(std::current_exception());
+                    return Reply::malformed;
+                } catch (...) {
+                    promise->set_exception(std::current_exception());
+                    return Reply::exception;
+                }
+                return Reply::value;
+            },
+            [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
+        return std::pair{std::move(s), std::move(future)};
+    }
+
     template <class R, class Fn, class... A, class F, class... Args>
     auto prepare(F& f, Args&&... args) {
         auto promise = std::make_shared<std::promise<R>>();
@@ -249,6 +368,7 @@ private:
             &detail::invoke_task<R, Fn, A...>, function,
             detail::pack_value(std::tuple<A...>(std::forward<Args>(args)...)),
             [promise, limits = core_.limits()](std::string_view reply) {
+                using Reply = detail::PoolCore::Reply;
                 try {
                     if constexpr (std::is_void_v<R>) {
                         detail::decode_reply<void>(reply, limits);
@@ -258,11 +378,12 @@ private:
                     }
                 } catch (const ProtocolError&) {
                     promise->set_exception(std::current_exception());
-                    return false;
+                    return Reply::malformed;
                 } catch (...) {
                     promise->set_exception(std::current_exception());
+                    return Reply::exception;
                 }
-                return true;
+                return Reply::value;
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};

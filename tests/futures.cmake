@@ -1,0 +1,1 @@
+sdfutures_add_test(futures_test futures_test.cpp TIMEOUT 600)
