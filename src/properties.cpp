@@ -276,16 +276,29 @@ std::vector<DbusProperty> exec_start(std::string_view name, std::string_view val
     return {prop(std::string(name), sdbus::Variant(commands))};
 }
 
-std::vector<DbusProperty> system_call_filter(std::string_view name, std::string_view value) {
+// A list in unit-file syntax that may start with '~' ("all but these"): the words, and whether it was not inverted.
+struct InvertibleList {
+    bool inverted = false;
+    std::vector<std::string> words;
+};
+InvertibleList invertible_list(std::string_view name, std::string_view value) {
     std::string_view v = trim(value);
-    bool allow_list = true;
-    if (!v.empty() && v.front() == '~') {
-        allow_list = false;
-        v.remove_prefix(1);
-    }
-    auto calls = parse::words(name, v);
-    if (calls.empty()) invalid(name, value, "system call names or @groups, optionally after '~' to deny them");
-    return {prop(std::string(name), sdbus::Variant(sdbus::Struct<bool, std::vector<std::string>>{allow_list, calls}))};
+    InvertibleList list;
+    list.inverted = !v.empty() && v.front() == '~';
+    if (list.inverted) v.remove_prefix(1);
+    list.words = parse::words(name, v);
+    return list;
+}
+
+// SystemCallFilter=, RestrictAddressFamilies=: (allow list?, names) on the bus.
+DbusProperty allow_or_deny_list(std::string_view name, const InvertibleList& list) {
+    return prop(std::string(name), sdbus::Variant(sdbus::Struct<bool, std::vector<std::string>>{!list.inverted, list.words}));
+}
+
+std::vector<DbusProperty> system_call_filter(std::string_view name, std::string_view value) {
+    auto calls = invertible_list(name, value);
+    if (calls.words.empty()) invalid(name, value, "system call names or @groups, optionally after '~' to deny them");
+    return {allow_or_deny_list(name, calls)};
 }
 
 // Linux's capability numbers (linux/capability.h), by name.
@@ -305,32 +318,24 @@ std::optional<unsigned> capability_number(std::string_view name) {
 
 // CapabilityBoundingSet=, AmbientCapabilities=: capability names, or '~' and the names to leave out; empty: none.
 std::vector<DbusProperty> capability_set(std::string_view name, std::string_view value) {
-    std::string_view v = trim(value);
-    const bool invert = !v.empty() && v.front() == '~';
-    if (invert) v.remove_prefix(1);
+    auto capabilities = invertible_list(name, value);
     uint64_t mask = 0;
-    for (const auto& word : parse::words(name, v)) {
+    for (const auto& word : capabilities.words) {
         auto number = capability_number(word);
         if (!number) invalid(name, value, "capability names such as CAP_NET_BIND_SERVICE, optionally after '~'");
         mask |= uint64_t{1} << *number;
     }
-    if (invert) mask = ~mask & ((uint64_t{1} << 41) - 1);
+    if (capabilities.inverted) mask = ~mask & ((uint64_t{1} << 41) - 1);
     return {prop(std::string(name), sdbus::Variant(mask))};
 }
 
 // RestrictAddressFamilies=: AF_ names to allow, or '~' and the names to deny.
 std::vector<DbusProperty> address_families(std::string_view name, std::string_view value) {
-    std::string_view v = trim(value);
-    bool allow_list = true;
-    if (!v.empty() && v.front() == '~') {
-        allow_list = false;
-        v.remove_prefix(1);
-    }
-    auto families = parse::words(name, v);
-    if (families.empty()) invalid(name, value, "address family names such as AF_UNIX, optionally after '~'");
-    for (const auto& f : families)
+    auto families = invertible_list(name, value);
+    if (families.words.empty()) invalid(name, value, "address family names such as AF_UNIX, optionally after '~'");
+    for (const auto& f : families.words)
         if (!f.starts_with("AF_") || f.size() < 4) invalid(name, value, "address family names such as AF_UNIX");
-    return {prop(std::string(name), sdbus::Variant(sdbus::Struct<bool, std::vector<std::string>>{allow_list, families}))};
+    return {allow_or_deny_list(name, families)};
 }
 
 const std::map<std::string, Converter, std::less<>>& table() {

@@ -334,56 +334,54 @@ private:
         using Elements = std::vector<detail::ChunkElement<R>>;
         auto promise = std::make_shared<std::promise<Elements>>();
         std::future<Elements> future = promise->get_future();
-        std::uintptr_t function = 0;
-        if constexpr (detail::FunctionPointer<Fn>) function = reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
-        (void)f;
         const std::size_t size = chunk.size();
         detail::PoolCore::Submission s{
-            &detail::invoke_chunk<R, Fn, Arg>, function, detail::pack_value(chunk),
+            &detail::invoke_chunk<R, Fn, Arg>, function_address<Fn>(f), detail::pack_value(chunk),
             [promise, size, limits = core_.limits()](std::string_view reply) {
-                using Reply = detail::PoolCore::Reply;
-                try {
-                    promise->set_value(detail::decode_chunk<R>(reply, size, limits));
-                } catch (const ProtocolError&) {
-                    promise->set_exception(std::current_exception());
-                    return Reply::malformed;
-                } catch (...) {
-                    promise->set_exception(std::current_exception());
-                    return Reply::exception;
-                }
-                return Reply::value;
+                return settle(*promise, [&] { return detail::decode_chunk<R>(reply, size, limits); });
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};
+    }
+
+    // A function pointer's address (a stateless callable has none: its type is the code).
+    template <class Fn, class F>
+    static std::uintptr_t function_address(F& f) {
+        if constexpr (detail::FunctionPointer<Fn>) return reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
+        (void)f;
+        return 0;
+    }
+
+    // Fulfils `promise` with what `decode` makes of a worker's reply, or with the exception it throws; says which.
+    template <class T, class Decode>
+    static detail::PoolCore::Reply settle(std::promise<T>& promise, Decode&& decode) {
+        using Reply = detail::PoolCore::Reply;
+        try {
+            if constexpr (std::is_void_v<T>) {
+                decode();
+                promise.set_value();
+            } else {
+                promise.set_value(decode());
+            }
+        } catch (const ProtocolError&) {
+            promise.set_exception(std::current_exception());
+            return Reply::malformed;
+        } catch (...) {
+            promise.set_exception(std::current_exception());
+            return Reply::exception;
+        }
+        return Reply::value;
     }
 
     template <class R, class Fn, class... A, class F, class... Args>
     auto prepare(F& f, Args&&... args) {
         auto promise = std::make_shared<std::promise<R>>();
         std::future<R> future = promise->get_future();
-        std::uintptr_t function = 0;
-        if constexpr (detail::FunctionPointer<Fn>) function = reinterpret_cast<std::uintptr_t>(static_cast<Fn>(f));
-        (void)f;
         detail::PoolCore::Submission s{
-            &detail::invoke_task<R, Fn, A...>, function,
+            &detail::invoke_task<R, Fn, A...>, function_address<Fn>(f),
             detail::pack_value(std::tuple<A...>(std::forward<Args>(args)...)),
             [promise, limits = core_.limits()](std::string_view reply) {
-                using Reply = detail::PoolCore::Reply;
-                try {
-                    if constexpr (std::is_void_v<R>) {
-                        detail::decode_reply<void>(reply, limits);
-                        promise->set_value();
-                    } else {
-                        promise->set_value(detail::decode_reply<R>(reply, limits));
-                    }
-                } catch (const ProtocolError&) {
-                    promise->set_exception(std::current_exception());
-                    return Reply::malformed;
-                } catch (...) {
-                    promise->set_exception(std::current_exception());
-                    return Reply::exception;
-                }
-                return Reply::value;
+                return settle(*promise, [&] { return detail::decode_reply<R>(reply, limits); });
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};
