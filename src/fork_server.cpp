@@ -1,5 +1,6 @@
 #include "fork_server.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 
 #include <stdio_ext.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -152,6 +154,17 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     ::close(pair[0]);
 }
 
+// The threads of this process, from /proc/self/task (1 when it cannot be read: what a fork leaves).
+int thread_count() noexcept {
+    DIR* tasks = ::opendir("/proc/self/task");
+    if (!tasks) return 1;
+    int n = 0;
+    while (dirent* e = ::readdir(tasks))
+        if (e->d_name[0] != '.') ++n;
+    ::closedir(tasks);
+    return std::max(n, 1);
+}
+
 }  // namespace
 
 [[noreturn]] void fork_server_main(const WorkerConfig& config) {
@@ -181,9 +194,15 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
             send_with_fds(kControlFd, &e, sizeof e);
         }
     };
+    // A SIGCHLD reaches the signalfd only when no thread of this process has it unblocked. A server forked from
+    // the owner or the zygote has one thread; one systemd executed (StartMethod::exec) may have others that the
+    // program's static constructors or a sanitizer's runtime started before main() reached init(), and the signal
+    // may go to one of them instead. So the wait statuses are also looked for at a short interval.
+    constexpr int kReapIntervalMs = 100;
+    const bool signal_may_go_astray = thread_count() > 1;
     for (;;) {
         pollfd fds[2] = {{kControlFd, POLLIN, 0}, {sigfd, POLLIN, 0}};
-        if (::poll(fds, 2, -1) < 0) {
+        if (::poll(fds, 2, signal_may_go_astray && !workers.empty() ? kReapIntervalMs : -1) < 0) {
             if (errno == EINTR) continue;
             break;
         }
@@ -191,8 +210,8 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
             signalfd_siginfo info;
             while (::read(sigfd, &info, sizeof info) > 0) {
             }
-            report_exits();
         }
+        report_exits();
         if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
             ForkServerRequest request{};
             ssize_t n = receive_with_fds(kControlFd, &request, sizeof request);
