@@ -18,14 +18,15 @@
 #endif
 
 int main(int argc, char** argv) {
-    sdfutures::init(argc, argv);  // first: a "pool-exec" owner's server is this program, executed by systemd
 #ifdef OWNER_HELPER_TSAN
     // ThreadSanitizer gives a child forked from a single-threaded process a background thread, and a process of
-    // two threads cannot join the unit's mount namespace; a child of a multi-threaded process gets none.
+    // two threads cannot join the unit's mount namespace; a child of a multi-threaded process gets none. Before
+    // init(), so that the zygote it forks is such a child too (an exec'd server copes with a second thread).
     std::thread([] {
         for (;;) pause();
     }).detach();
 #endif
+    sdfutures::init(argc, argv);  // first: a "pool-exec" owner's server is this program, executed by systemd
     std::string kind = argc > 1 ? argv[1] : "process";
     if (kind == "process") {
         sdfutures::TransientUnitProcess p({{"User", "nobody"}}, [] {
