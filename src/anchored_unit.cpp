@@ -353,12 +353,12 @@ std::string describe_exit(int exit_status) {
     return std::string("was killed by ") + (abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(-exit_status));
 }
 
-void require_support(const Bus& bus, const Properties& properties) {
+void require_support(const Bus& bus, const Properties& properties, bool attaches) {
     check_identity_and_paths(properties);
     const SystemInfo info = system_info(bus);
-    for (auto requirement : {Requirement::exec_service_type, Requirement::attach_processes, Requirement::pidfd,
-                             Requirement::close_range})
+    for (auto requirement : {Requirement::exec_service_type, Requirement::pidfd, Requirement::close_range})
         require(requirement, info);
+    if (attaches) require(Requirement::attach_processes, info);
     require_properties(properties, info);
 }
 

@@ -45,7 +45,8 @@ std::string describe_exit(int exit_status);
 // the manager, the kernel or the cgroup layout lack what an anchored unit with these properties needs (see
 // system_info.hpp); asks the manager for its version. Called before anything is created, so both refusals
 // leave no unit and no process behind.
-void require_support(const Bus& bus, const Properties& properties);
+// `attaches`: the work is forked outside and attached (not StartMethod::exec, whose workers are born in the unit).
+void require_support(const Bus& bus, const Properties& properties, bool attaches = true);
 
 // Refuses, with PropertyError naming the property, the value and what was expected, what this process can
 // already tell would fail the start: User= naming no user (numeric uids pass), Group= or SupplementaryGroups=

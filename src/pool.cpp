@@ -218,11 +218,10 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     if (options.unit_name.empty()) options.unit_name = default_unit_name("pool");
     bus = options.bus ? *options.bus : Bus::automatic();
     unit.emplace(*bus, options.unit_name);
-    if (!exec) require_support(*bus, properties);
-    else check_identity_and_paths(properties);
+    // Also for exec: a property the cgroup layout cannot honour is refused, not silently ignored by systemd.
+    require_support(*bus, properties, /*attaches=*/!exec);
     const WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
     if (options.start_method == StartMethod::forkserver) check_zygote_can_serve(config);
-    if (exec) check_exec_can_serve(config);
     id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
     wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!wake) throw Error("cannot create the dispatcher's wake-up eventfd: " + errno_text(errno));
