@@ -1,6 +1,10 @@
 // A task's completion: on_done callbacks, and the queues as_completed() and wait_any() sleep on. The thread that
 // settles a task (the pool's dispatcher, or one that cancels it) runs TaskState::complete() right after it
 // fulfilled the future; nothing here polls.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
@@ -10,6 +14,8 @@
 
 #include "task_state.hpp"
 #include "sdfutures/completion.hpp"
+#include "sdfutures/completion_events.hpp"
+#include "sdfutures/error.hpp"
 
 namespace sdfutures::detail {
 
@@ -25,12 +31,29 @@ struct CompletionQueue {
     // settled, and are put right by their completion order.
     std::priority_queue<Entry, std::vector<Entry>, std::greater<>> entries;
 
+    // CompletionEvents: an eventfd written after each push, so that an event loop wakes (-1: none). Owned by the
+    // queue, not the CompletionEvents: a settling thread may push after the last unwatch (it took the watch
+    // before), and the queue lives as long as any such thread holds it.
+    int signal_fd = -1;
+
+    CompletionQueue() = default;
+    CompletionQueue(const CompletionQueue&) = delete;
+    CompletionQueue& operator=(const CompletionQueue&) = delete;
+    ~CompletionQueue() {
+        if (signal_fd >= 0) ::close(signal_fd);
+    }
+
     void push(std::uint64_t order, std::size_t index) {
         {
             std::lock_guard lock(mutex);
             entries.push({order, index});
         }
         settled.notify_one();
+        if (signal_fd >= 0) {
+            const std::uint64_t one = 1;
+            // Cannot fail but by the counter's overflow at 2^64-1 writes without a read, which leaves it readable.
+            [[maybe_unused]] auto written = ::write(signal_fd, &one, sizeof one);
+        }
     }
 };
 
@@ -134,3 +157,48 @@ void watch_task(TaskState& task, const std::shared_ptr<CompletionQueue>& queue, 
 void unwatch_task(TaskState& task, const CompletionQueue& queue) noexcept { task.unwatch(queue); }
 
 }  // namespace sdfutures::detail
+
+namespace sdfutures {
+
+CompletionEvents::CompletionEvents() : queue_(detail::make_completion_queue()) {
+    queue_->signal_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (queue_->signal_fd < 0) throw SystemError("eventfd", errno, "making the descriptor of a CompletionEvents");
+}
+
+CompletionEvents::~CompletionEvents() {
+    for (auto& task : watched_)
+        if (task) task->unwatch(*queue_);
+    // The descriptor closes with the queue, when the last settling thread that may still push lets go of it.
+}
+
+int CompletionEvents::fd() const noexcept { return queue_->signal_fd; }
+
+std::size_t CompletionEvents::pending() const noexcept { return pending_; }
+
+std::size_t CompletionEvents::watch_state(std::shared_ptr<detail::TaskState> task) {
+    const std::size_t key = watched_.size();
+    watched_.push_back(task);
+    ++pending_;
+    task->watch(queue_, key);
+    return key;
+}
+
+std::vector<std::size_t> CompletionEvents::take() {
+    // Reset first: whatever is pushed after this is either taken below or leaves the descriptor readable.
+    std::uint64_t count = 0;
+    [[maybe_unused]] auto got = ::read(queue_->signal_fd, &count, sizeof count);
+    std::vector<std::size_t> keys;
+    {
+        std::lock_guard lock(queue_->mutex);
+        keys.reserve(queue_->entries.size());
+        while (!queue_->entries.empty()) {
+            keys.push_back(queue_->entries.top().index);
+            queue_->entries.pop();
+        }
+    }
+    for (std::size_t key : keys) watched_[key].reset();
+    pending_ -= keys.size();
+    return keys;
+}
+
+}  // namespace sdfutures

@@ -35,7 +35,8 @@ std::optional<std::size_t> next_completed(CompletionQueue& queue,
                                           std::optional<std::chrono::steady_clock::time_point> deadline);
 // Puts `index` on `queue` when `task` is settled (at once when it is already).
 void watch_task(TaskState& task, const std::shared_ptr<CompletionQueue>& queue, std::size_t index);
-// Forgets the watches `queue` holds on `task`; nothing is put on it for `task` after this returns.
+// Forgets the watches `queue` holds on `task`. A push already under way (the task was being settled) may still
+// reach the queue, which stays alive for it: nothing is put on it for `task` that was not under way.
 void unwatch_task(TaskState& task, const CompletionQueue& queue) noexcept;
 
 inline std::optional<std::chrono::steady_clock::time_point> deadline_after(

@@ -50,6 +50,7 @@
 #include "sdfutures/detail/chunks.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
+#include "sdfutures/imap.hpp"
 #include "sdfutures/pool_stats.hpp"
 #include "sdfutures/process.hpp"
 #include "sdfutures/properties.hpp"
@@ -273,6 +274,19 @@ public:
         return results;
     }
 
+    // map() as a lazy range in input order (see <sdfutures/imap.hpp>): inputs are taken as results are consumed,
+    // at most options.buffersize elements in flight; each element throws its own exception when reached.
+    template <class F, std::ranges::input_range Range>
+    auto imap(F&& f, Range&& inputs, ImapOptions options = {}) {
+        return lazy_map<F>(f, std::forward<Range>(inputs), options, detail::YieldOrder::input);
+    }
+    // imap() yielding each chunk's elements as soon as that chunk is done; the iterator's index() says which input
+    // an element is.
+    template <class F, std::ranges::input_range Range>
+    auto imap_unordered(F&& f, Range&& inputs, ImapOptions options = {}) {
+        return lazy_map<F>(f, std::forward<Range>(inputs), options, detail::YieldOrder::completion);
+    }
+
     // Stops accepting tasks. cancel_pending: tasks still queued (not sent to a worker) fail with TaskCancelled. wait: returns once
     // every task has finished and the workers have exited (the unit itself is stopped by the destructor).
     void shutdown(bool wait = true, bool cancel_pending = false) { core_.shutdown(wait, cancel_pending); }
@@ -329,14 +343,49 @@ private:
         return &future;
     }
 
+    template <class F, class Range>
+    auto lazy_map(F& f, Range&& inputs, const ImapOptions& options, detail::YieldOrder order) {
+        using Fn = detail::TaskFunction<F>;
+        using Arg = std::decay_t<std::ranges::range_reference_t<Range>>;
+        using R = std::invoke_result_t<Fn&, Arg&&>;
+        check_task<Fn, R, Arg>();
+        static_assert(!std::is_void_v<R>, "sdfutures: imap() needs a function that returns a value");
+        using View = std::views::all_t<Range>;
+        const std::size_t chunksize = options.chunksize < 1 ? 1 : options.chunksize;
+        const std::size_t buffersize = options.buffersize ? options.buffersize : 8 * chunksize * core_.max_workers();
+        detail::ChunkSender<R, Arg> send = [this, address = function_address<Fn>(f)](
+                                               std::vector<std::vector<Arg>> chunks) {
+            std::vector<detail::PoolCore::Submission> batch;
+            std::vector<std::future<std::vector<detail::ChunkElement<R>>>> futures;
+            batch.reserve(chunks.size());
+            futures.reserve(chunks.size());
+            for (auto& chunk : chunks) {
+                auto [submission, future] = prepare_chunk_at<R, Fn, Arg>(address, std::move(chunk));
+                batch.push_back(std::move(submission));
+                futures.push_back(std::move(future));
+            }
+            auto states = core_.submit_many(std::move(batch));
+            std::vector<detail::SentChunk<R>> sent;
+            sent.reserve(states.size());
+            for (std::size_t i = 0; i < states.size(); ++i) sent.push_back({std::move(futures[i]), std::move(states[i])});
+            return sent;
+        };
+        return ImapRange<R, View, Arg>(std::views::all(std::forward<Range>(inputs)), std::move(send), chunksize,
+                                       buffersize, options.timeout, order);
+    }
+
     template <class R, class Fn, class Arg, class F>
     auto prepare_chunk(F& f, std::vector<Arg> chunk) {
+        return prepare_chunk_at<R, Fn, Arg>(function_address<Fn>(f), std::move(chunk));
+    }
+    template <class R, class Fn, class Arg>
+    auto prepare_chunk_at(std::uintptr_t address, std::vector<Arg> chunk) {
         using Elements = std::vector<detail::ChunkElement<R>>;
         auto promise = std::make_shared<std::promise<Elements>>();
         std::future<Elements> future = promise->get_future();
         const std::size_t size = chunk.size();
         detail::PoolCore::Submission s{
-            &detail::invoke_chunk<R, Fn, Arg>, function_address<Fn>(f), detail::pack_value(chunk),
+            &detail::invoke_chunk<R, Fn, Arg>, address, detail::pack_value(chunk),
             [promise, size, limits = core_.limits()](std::string_view reply) {
                 return settle(*promise, [&] { return detail::decode_chunk<R>(reply, size, limits); });
             },

@@ -3,8 +3,11 @@
 
 #include "sdfutures/bus.hpp"
 #include "sdfutures/command.hpp"
+#include "sdfutures/completion.hpp"
+#include "sdfutures/completion_events.hpp"
 #include "sdfutures/daemon.hpp"
 #include "sdfutures/error.hpp"
+#include "sdfutures/imap.hpp"
 #include "sdfutures/init.hpp"
 #include "sdfutures/manager.hpp"
 #include "sdfutures/pool.hpp"

@@ -35,6 +35,10 @@ struct TaskAccess {
     static TaskState& state(const Task<R>& task) noexcept {
         return *task.state_;
     }
+    template <class R>
+    static const std::shared_ptr<TaskState>& shared_state(const Task<R>& task) noexcept {
+        return task.state_;
+    }
 };
 
 }  // namespace detail
@@ -48,7 +52,8 @@ public:
     std::future<R>& future() noexcept { return future_; }
     std::future<R> take_future() noexcept { return std::move(future_); }
 
-    // True once the future is ready (even after take_future()). A done task never becomes undone.
+    // True once the task is settled (even after take_future()): set right after its future became ready, before its
+    // on_done callbacks run, so a thread woken by the future may see it false for a moment. Never undone.
     bool done() const noexcept { return detail::task_done(*state_); }
 
     // True while the task is the one its worker runs: from when the pool has it at the head of a worker's window
