@@ -22,6 +22,7 @@
 #include <typeindex>
 #include <unordered_set>
 
+#include "sdfutures/detail/chunks.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/serialization.hpp"
@@ -1141,3 +1142,29 @@ TEST(Frames, DecodingFramedRandomStreamsOnlyRaisesProtocolError) {
 }
 
 }  // namespace
+
+// A map() chunk's reply, as a hostile worker may shape it: the counts must match the chunk, or it is a
+// ProtocolError of the whole chunk, never a short or padded result.
+namespace sdfutures::detail {
+namespace {
+
+TEST(ChunkReply, AllValuesOrOneReplyPerElementAndNothingElse) {
+    using Body = ChunkReplyBody<int>;
+    auto elements = decode_chunk<int>(encode_value_reply(Body{{1, 2, 3}, {}}), 3, {});
+    ASSERT_EQ(elements.size(), 3u);
+    EXPECT_EQ(*elements[2].value, 3);
+
+    Body mixed{{}, {encode_value_reply(7), encode_exception_reply(std::make_exception_ptr(std::out_of_range("x")))}};
+    elements = decode_chunk<int>(encode_value_reply(mixed), 2, {});
+    EXPECT_EQ(*elements[0].value, 7);
+    EXPECT_THROW(std::rethrow_exception(elements[1].error), std::out_of_range);
+
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1, 2}, {}}), 3, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1, 2, 3, 4}, {}}), 3, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1}, {encode_value_reply(2)}}), 2, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{}, {"garbage", "garbage"}}), 2, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(std::string("not a chunk")), 1, {}), ProtocolError);
+}
+
+}  // namespace
+}  // namespace sdfutures::detail

@@ -154,8 +154,10 @@ std::string invoke_task(std::uintptr_t function, std::string_view arguments, con
     return run_and_encode<R>(std::function<R()>(call), limits);
 }
 
-// Runs a map() chunk in a worker: f over every input of the chunk, each outcome encoded as its own reply, so that
-// an element's exception stays that element's (see <sdfutures/detail/chunks.hpp>).
+// Runs a map() chunk in a worker: f over every input of the chunk. While no element throws, the results travel as
+// one array (ChunkReplyBody's values, the fast path); from the first element that throws on, every element's
+// outcome is encoded as its own reply (the replies), so that an element's exception stays that element's (see
+// <sdfutures/detail/chunks.hpp>).
 template <class R, class F, class A>
 std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
     std::vector<A> inputs;
@@ -164,22 +166,39 @@ std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, co
     } catch (...) {
         return encode_exception_reply(std::current_exception());
     }
-    std::function<std::vector<std::string>()> run_all = [&] {
-        std::vector<std::string> replies;
+    auto call = [&](A& input) -> R {
+        if constexpr (FunctionPointer<F>) {
+            return reinterpret_cast<F>(function)(std::move(input));
+        } else {
+            return F{}(std::move(input));
+        }
+    };
+    std::function<ChunkReplyBody<R>()> run_all = [&] {
+        ChunkReplyBody<R> body;
+        auto& [values, replies] = body;
+        values.reserve(inputs.size());
+        std::size_t i = 0;
+        std::exception_ptr first_error;
+        for (; i < inputs.size(); ++i) {
+            try {
+                values.push_back(call(inputs[i]));
+            } catch (...) {
+                first_error = std::current_exception();
+                break;
+            }
+        }
+        if (!first_error) return body;
         replies.reserve(inputs.size());
-        for (A& input : inputs) {
-            std::function<R()> one = [&]() -> R {
-                if constexpr (FunctionPointer<F>) {
-                    return reinterpret_cast<F>(function)(std::move(input));
-                } else {
-                    return F{}(std::move(input));
-                }
-            };
+        for (auto& value : values) replies.push_back(encode_value_reply(value, limits));
+        values.clear();
+        replies.push_back(encode_exception_reply(first_error));
+        for (++i; i < inputs.size(); ++i) {
+            std::function<R()> one = [&] { return call(inputs[i]); };
             replies.push_back(run_and_encode<R>(one, limits));
         }
-        return replies;
+        return body;
     };
-    return run_and_encode<std::vector<std::string>>(run_all, limits);
+    return run_and_encode<ChunkReplyBody<R>>(run_all, limits);
 }
 
 template <class F>

@@ -25,15 +25,26 @@ struct ChunkElement {
     std::exception_ptr error;
 };
 
+// What a chunk's reply holds: every element's value (`values`, when none threw), or every element's own reply
+// (`replies`, encoded like a single task's) once one threw. Exactly one of them has the chunk's size.
+template <class R>
+using ChunkReplyBody = std::pair<std::vector<R>, std::vector<std::string>>;
+
 // Decodes a chunk's reply in the owner: the chunk's own exception (from the worker, or ProtocolError for a
 // malformed reply) is thrown; an element's is kept with it.
 template <class R>
 std::vector<ChunkElement<R>> decode_chunk(std::string_view reply, std::size_t expected, const WireLimits& limits) {
-    auto replies = decode_reply<std::vector<std::string>>(reply, limits);
-    if (replies.size() != expected)
+    auto [values, replies] = decode_reply<ChunkReplyBody<R>>(reply, limits);
+    const bool all_values = replies.empty() && values.size() == expected;
+    if (!all_values && !(values.empty() && replies.size() == expected))
         throw ProtocolError("a chunk of " + std::to_string(expected) + " map() inputs came back with " +
-                            std::to_string(replies.size()) + " replies");
-    std::vector<ChunkElement<R>> elements(replies.size());
+                            std::to_string(values.size()) + " values and " + std::to_string(replies.size()) +
+                            " replies");
+    std::vector<ChunkElement<R>> elements(expected);
+    if (all_values) {
+        for (std::size_t i = 0; i < expected; ++i) elements[i].value.emplace(std::move(values[i]));
+        return elements;
+    }
     for (std::size_t i = 0; i < replies.size(); ++i) {
         try {
             elements[i].value.emplace(decode_reply<R>(replies[i], limits));
