@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <iterator>
 #include <map>
 #include <numeric>
+#include <ranges>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -621,11 +623,15 @@ void figure_python(Context& c) {
     std::iota(inputs.begin(), inputs.end(), 0);
     std::map<std::string, std::vector<double>> py;
     std::map<std::string, std::string> about;
-    std::vector<double> ready, submit, map, big;
+    std::vector<double> ready, submit, map, big, chunked_map, chunked_imap;
+    const std::size_t chunked_n = c.config.chunked_tasks;
+    std::vector<int> chunked_inputs(chunked_n);
+    std::iota(chunked_inputs.begin(), chunked_inputs.end(), 0);
+    const std::size_t chunksize = std::max<std::size_t>(1, chunked_n / 8);
     auto python_rep = [&] {
         std::this_thread::sleep_for(std::chrono::milliseconds(300));
         about = run_python(python, {"--workers", "2", "--tasks", std::to_string(c.config.python_tasks), "--bytes",
-                                    std::to_string(n)});
+                                    std::to_string(n), "--chunked-tasks", std::to_string(c.config.chunked_tasks)});
         for (const char* key : {"ready_s", "submit_per_s", "map_per_s", "map_chunked_per_s", "bytes_per_s"})
             py[key].push_back(std::stod(about.at(key)));
         return 0.0;
@@ -646,6 +652,17 @@ void figure_python(Context& c) {
         t0 = Clock::now();
         pool.map(&trivial, inputs);
         map.push_back(static_cast<double>(k) / seconds_between(t0, Clock::now()));
+        // Python's chunked figure maps range(n) with chunksize n/8: the same here, from a vector and lazily.
+        t0 = Clock::now();
+        std::vector<int> mapped = pool.map(&trivial, chunked_inputs, {.chunksize = chunksize});
+        chunked_map.push_back(static_cast<double>(chunked_n) / seconds_between(t0, Clock::now()));
+        check(mapped.size() == chunked_n && mapped.back() == static_cast<int>(chunked_n), "chunked map");
+        t0 = Clock::now();
+        long long sum = 0;
+        for (int r : pool.imap(&trivial, std::views::iota(0, static_cast<int>(chunked_n)), {.chunksize = chunksize}))
+            sum += r;
+        chunked_imap.push_back(static_cast<double>(chunked_n) / seconds_between(t0, Clock::now()));
+        check(sum == static_cast<long long>(chunked_n) * static_cast<long long>(chunked_n + 1) / 2, "chunked imap");
         t0 = Clock::now();
         std::string r = pool.submit(&make_string, std::uint64_t{n}).get();
         big.push_back(static_cast<double>(n) / seconds_between(t0, Clock::now()));
@@ -654,7 +671,7 @@ void figure_python(Context& c) {
     };
     interleave(c.config.reps, {python_rep, sdfutures_rep});
     // The warm-up round of interleave() was recorded too: drop it from both.
-    for (auto* v : {&ready, &submit, &map, &big}) v->erase(v->begin());
+    for (auto* v : {&ready, &submit, &map, &big, &chunked_map, &chunked_imap}) v->erase(v->begin());
     for (auto& [key, v] : py) v.erase(v.begin());
 
     auto add = [&](const std::string& what, double sdf, double theirs, bool is_time, bool targeted) {
@@ -666,6 +683,9 @@ void figure_python(Context& c) {
     add("trivial tasks/s via submit, 2 workers", median(submit), median(py["submit_per_s"]), false, true);
     add("trivial tasks/s via map, 2 workers", median(map), median(py["map_per_s"]), false, true);
     add("  (Python map with chunksize=k/8)", median(map), median(py["map_chunked_per_s"]), false, false);
+    const std::string chunked_label = std::to_string(chunked_n) + " trivial tasks, chunksize n/8";
+    add("map of " + chunked_label, median(chunked_map), median(py["map_chunked_per_s"]), false, true);
+    add("imap of " + chunked_label, median(chunked_imap), median(py["map_chunked_per_s"]), false, true);
     {
         double ratio = median(big) / median(py["bytes_per_s"]);
         c.report.add(row("7 vs Python: " + mib_label(n) + " result (str / bytes)", format_bandwidth(median(big)),
@@ -683,6 +703,9 @@ void figure_python(Context& c) {
     c.report.samples("python pool ready", py["ready_s"], "s");
     c.report.samples("sdfutures submit (fig 7)", submit, "tasks/s");
     c.report.samples("sdfutures map (fig 7)", map, "tasks/s");
+    c.report.samples("sdfutures chunked map (fig 7)", chunked_map, "tasks/s");
+    c.report.samples("sdfutures chunked imap (fig 7)", chunked_imap, "tasks/s");
+    c.report.samples("python chunked map", py["map_chunked_per_s"], "tasks/s");
 }
 
 }  // namespace bench

@@ -32,6 +32,7 @@ struct Config {
     std::size_t big_bytes = 64u << 20;     // the "64 MiB" result
     double quota_seconds = 5.0;            // wall time of each CPU quota sample
     std::size_t python_tasks = 10'000;     // trivial tasks per Python throughput sample
+    std::size_t chunked_tasks = 1'000'000;  // trivial tasks of a chunked map (chunksize n/8), both sides
     std::size_t big_owner_bytes = 1u << 30;  // the large owner of figure 6 (0: skipped)
     std::size_t pool_sizes_max = 8;
 

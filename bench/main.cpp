@@ -68,6 +68,7 @@ bench::Config parse(int argc, char** argv) {
         c.big_bytes = 4u << 20;
         c.quota_seconds = 1.0;
         c.python_tasks = 300;
+        c.chunked_tasks = 20'000;
         c.big_owner_bytes = 64u << 20;
     }
     return c;

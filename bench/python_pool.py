@@ -27,6 +27,7 @@ def main():
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--bytes", type=int, default=64 << 20)
     parser.add_argument("--transfers", type=int, default=3)
+    parser.add_argument("--chunked-tasks", type=int, default=1000000)
     args = parser.parse_args()
     k = args.tasks
 
@@ -49,9 +50,10 @@ def main():
         list(pool.map(trivial, range(k)))
         mapped = k / (clock() - t0)
 
+        n = args.chunked_tasks
         t0 = clock()
-        list(pool.map(trivial, range(k), chunksize=max(1, k // 8)))
-        chunked = k / (clock() - t0)
+        list(pool.map(trivial, range(n), chunksize=max(1, n // 8)))
+        chunked = n / (clock() - t0)
 
         rates = []
         for _ in range(args.transfers):

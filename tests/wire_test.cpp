@@ -1150,7 +1150,8 @@ namespace {
 
 TEST(ChunkReply, AllValuesOrOneReplyPerElementAndNothingElse) {
     using Body = ChunkReplyBody<int>;
-    auto elements = decode_chunk<int>(encode_value_reply(Body{{1, 2, 3}, {}}), 3, {});
+    auto ints = [](std::vector<int> v) { return to_chunk_values(std::move(v)); };
+    auto elements = decode_chunk<int>(encode_value_reply(Body{ints({1, 2, 3}), {}}), 3, {});
     ASSERT_EQ(elements.size(), 3u);
     EXPECT_EQ(*elements[2].value, 3);
 
@@ -1159,11 +1160,26 @@ TEST(ChunkReply, AllValuesOrOneReplyPerElementAndNothingElse) {
     EXPECT_EQ(*elements[0].value, 7);
     EXPECT_THROW(std::rethrow_exception(elements[1].error), std::out_of_range);
 
-    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1, 2}, {}}), 3, {}), ProtocolError);
-    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1, 2, 3, 4}, {}}), 3, {}), ProtocolError);
-    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{1}, {encode_value_reply(2)}}), 2, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{ints({1, 2}), {}}), 3, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{ints({1, 2, 3, 4}), {}}), 3, {}), ProtocolError);
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{ints({1}), {encode_value_reply(2)}}), 2, {}), ProtocolError);
     EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{{}, {"garbage", "garbage"}}), 2, {}), ProtocolError);
     EXPECT_THROW(decode_chunk<int>(encode_value_reply(std::string("not a chunk")), 1, {}), ProtocolError);
+    // Raw elements: a blob that is no whole number of ints.
+    EXPECT_THROW(decode_chunk<int>(encode_value_reply(Body{std::vector<char>(7), {}}), 2, {}), ProtocolError);
+}
+
+TEST(ChunkReply, ArithmeticElementsTravelAsTheirBytesAndOthersAsValues) {
+    static_assert(std::is_same_v<ChunkValues<double>, std::vector<char>>);
+    static_assert(std::is_same_v<ChunkValues<bool>, std::vector<bool>>);
+    static_assert(std::is_same_v<ChunkValues<std::string>, std::vector<std::string>>);
+    const std::vector<double> doubles{0.5, -0.0, std::numeric_limits<double>::infinity(), 1e-310};
+    auto back = from_chunk_values<double>(to_chunk_values(doubles), "test");
+    ASSERT_EQ(back.size(), doubles.size());
+    for (std::size_t i = 0; i < doubles.size(); ++i) EXPECT_EQ(std::memcmp(&back[i], &doubles[i], sizeof(double)), 0);
+    using Body = ChunkReplyBody<std::string>;
+    auto elements = decode_chunk<std::string>(encode_value_reply(Body{{"a", "bc"}, {}}), 2, {});
+    EXPECT_EQ(*elements[1].value, "bc");
 }
 
 }  // namespace

@@ -162,7 +162,7 @@ template <class R, class F, class A>
 std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
     std::vector<A> inputs;
     try {
-        inputs = unpack_value<std::vector<A>>(arguments, limits);
+        inputs = from_chunk_values<A>(unpack_value<ChunkValues<A>>(arguments, limits), "a map() chunk's inputs");
     } catch (...) {
         return encode_exception_reply(std::current_exception());
     }
@@ -175,7 +175,8 @@ std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, co
     };
     std::function<ChunkReplyBody<R>()> run_all = [&] {
         ChunkReplyBody<R> body;
-        auto& [values, replies] = body;
+        std::vector<R> values;
+        auto& replies = body.second;
         values.reserve(inputs.size());
         std::size_t i = 0;
         std::exception_ptr first_error;
@@ -187,7 +188,10 @@ std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, co
                 break;
             }
         }
-        if (!first_error) return body;
+        if (!first_error) {
+            body.first = to_chunk_values(std::move(values));
+            return body;
+        }
         replies.reserve(inputs.size());
         for (auto& value : values) replies.push_back(encode_value_reply(value, limits));
         values.clear();
@@ -404,7 +408,7 @@ private:
         std::future<Elements> future = promise->get_future();
         const std::size_t size = chunk.size();
         detail::PoolCore::Submission s{
-            &detail::invoke_chunk<R, Fn, Arg>, address, detail::pack_value(chunk),
+            &detail::invoke_chunk<R, Fn, Arg>, address, detail::pack_value(detail::to_chunk_values(std::move(chunk))),
             [promise, size, limits = core_.limits()](std::string_view reply) {
                 return settle(*promise, [&] { return detail::decode_chunk<R>(reply, size, limits); });
             },
