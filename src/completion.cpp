@@ -11,6 +11,7 @@
 #include <mutex>
 #include <queue>
 #include <typeinfo>
+#include <utility>
 
 #include "task_state.hpp"
 #include "sdfutures/completion.hpp"
@@ -177,9 +178,9 @@ std::size_t CompletionEvents::pending() const noexcept { return pending_; }
 
 std::size_t CompletionEvents::watch_state(std::shared_ptr<detail::TaskState> task) {
     const std::size_t key = watched_.size();
-    watched_.push_back(task);
+    watched_.push_back(std::move(task));
     ++pending_;
-    task->watch(queue_, key);
+    watched_.back()->watch(queue_, key);
     return key;
 }
 
