@@ -83,11 +83,11 @@ ExecServerLaunch prepare_exec_server(const WorkerConfig& config) {
     ExecServerLaunch launch;
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
-        throw Error("socketpair for the exec'd fork server: " + errno_text(errno));
+        throw SystemError("socketpair", errno, "for the exec'd fork server");
     launch.control = Fd(pair[0]);
     launch.server_end = Fd(pair[1]);
     launch.executable = Fd(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
-    if (!launch.executable) throw Error("open of this program's executable (/proc/self/exe): " + errno_text(errno));
+    if (!launch.executable) throw SystemError("open", errno, "of this program's executable (/proc/self/exe)");
     launch.identity = identity_of(launch.executable.get(), "this program's executable");
     ExecServerConfig message{kExecProtocolVersion,
                              config.keep_stdio ? 1u : 0u,
@@ -102,7 +102,7 @@ ExecServerLaunch prepare_exec_server(const WorkerConfig& config) {
             image_offset(reinterpret_cast<std::uintptr_t>(*config.initializer.target<void (*)()>()), "initializer");
     }
     if (!send_with_fds(launch.control.get(), &message, sizeof message))
-        throw Error("cannot queue the exec'd fork server's configuration: " + errno_text(errno));
+        throw SystemError("write", errno, "to queue the exec'd fork server's configuration");
     return launch;
 }
 

@@ -230,13 +230,13 @@ ForkServer start_fork_server(const WorkerConfig& config, StartMethod method) {
     prepare_exit_guard();
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
-        throw Error("socketpair for the fork server: " + errno_text(errno));
+        throw SystemError("socketpair", errno, "for the fork server");
     pid_t pid = ::fork();
     if (pid < 0) {
         int err = errno;
         ::close(pair[0]);
         ::close(pair[1]);
-        throw Error("fork of the fork server: " + errno_text(err));
+        throw SystemError("fork", err, "of the fork server");
     }
     if (pid == 0) {
         // Holds nothing of the owner's but the control socket: not the bus, not the unit's lifeline. It ends when
@@ -261,7 +261,7 @@ ForkServer start_fork_server(const WorkerConfig& config, StartMethod method) {
         server.control.reset();
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
-        throw Error("pidfd_open of the fork server: " + errno_text(err));
+        throw SystemError("pidfd_open", err, "of the fork server");
     }
     return server;
 }

@@ -152,19 +152,19 @@ void ProcessCore::start(const Body& body) {
     Manager manager(*bus_);
 
     int reply_pipe[2], release_pipe[2], anchor_pipe[2], report_pair[2];
-    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw Error("cannot create the child's reply pipe: " + errno_text(errno));
+    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the child's reply pipe");
     if (::pipe2(release_pipe, O_CLOEXEC) != 0) {
         ::close(reply_pipe[0]), ::close(reply_pipe[1]);
-        throw Error("cannot create the child's release pipe: " + errno_text(errno));
+        throw SystemError("pipe2", errno, "to create the child's release pipe");
     }
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) {
         for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1]}) ::close(fd);
-        throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
+        throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
     }
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, report_pair) != 0) {
         for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1], anchor_pipe[0], anchor_pipe[1]})
             ::close(fd);
-        throw Error("cannot create the reaper's report socket: " + errno_text(errno));
+        throw SystemError("socketpair", errno, "to create the reaper's report socket");
     }
     reply_fd_ = reply_pipe[0];
     anchor_fd_ = anchor_pipe[1];
@@ -228,7 +228,7 @@ void ProcessCore::start(const Body& body) {
         close_fd(report_fd_);
         stop_unit();
         close_all();
-        throw Error("fork: " + errno_text(err));
+        throw SystemError("fork", err, "of the child");
     }
     if (reaper == 0) {
         ::close(report_pair[0]);
@@ -261,7 +261,7 @@ void ProcessCore::start(const Body& body) {
         pid_t to_send = static_cast<pid_t>(main_pid);
         if (write_without_sigpipe(release_write, reinterpret_cast<const char*>(&to_send), sizeof to_send) !=
             sizeof to_send)
-            throw Error("cannot release the child: " + errno_text(errno));
+            throw SystemError("write", errno, "to release the child");
         ::close(release_write);
         release_write = -1;
         // Wait for "entered" (or the step that failed), or the child's end: end of file on the pipe alone could
@@ -389,7 +389,7 @@ bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
             wait_ms = static_cast<int>(std::max<long long>(0, left.count()));
         }
         int r = ::poll(fds, reading ? 2 : 1, wait_ms);
-        if (r < 0 && errno != EINTR) throw Error("poll: " + errno_text(errno));
+        if (r < 0 && errno != EINTR) throw SystemError("poll", errno, "waiting for the child");
         // Draining while the child runs keeps a large reply from blocking it on a full pipe.
         if (reading && (fds[1].revents & (POLLIN | POLLHUP))) read_available();
         if (fds[0].revents & POLLIN) break;

@@ -53,7 +53,7 @@ const MainImage& main_image() {
 
 ImageIdentity identity_of(int fd, const char* what) {
     struct stat st {};
-    if (::fstat(fd, &st) != 0) throw Error(std::string("fstat of ") + what + ": " + errno_text(errno));
+    if (::fstat(fd, &st) != 0) throw SystemError("fstat", errno, std::string("of ") + what);
     return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
             static_cast<std::uint64_t>(st.st_size),
             static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};

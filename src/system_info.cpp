@@ -82,7 +82,7 @@ CgroupLayout detect_cgroup_layout(const std::string& root) {
 
 KernelVersion running_kernel_version() {
     utsname names{};
-    if (::uname(&names) != 0) throw Error("uname: " + errno_text(errno));
+    if (::uname(&names) != 0) throw SystemError("uname", errno);
     std::string_view release(names.release);
     KernelVersion v;
     auto [rest, error] = std::from_chars(release.data(), release.data() + release.size(), v.major);

@@ -141,7 +141,7 @@ ForkServer fork_server_from_zygote(const WorkerConfig& config) {
     ssize_t n = receive_with_fds(z.socket.get(), &reply, sizeof reply, passed, &dropped);
     if (n != static_cast<ssize_t>(sizeof reply))
         throw Error("the sdfutures zygote (pid " + std::to_string(z.pid) + ") ended");
-    if (reply.pid <= 0) throw Error("the sdfutures zygote could not fork a fork server: " + errno_text(reply.error));
+    if (reply.pid <= 0) throw SystemError("fork", reply.error, "in the sdfutures zygote, of a fork server");
     if (!passed[0] || !passed[1])
         throw Error("the fork server's control socket and pidfd did not reach the pool's owner" +
                     std::string(dropped ? " (the kernel dropped them: Too many open files)" : ""));
@@ -168,13 +168,13 @@ void init(int argc, char** argv) {
     z.socket.reset();
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
-        throw Error("sdfutures::init: socketpair for the zygote: " + errno_text(errno));
+        throw SystemError("socketpair", errno, "in sdfutures::init, for the zygote");
     pid_t pid = ::fork();
     if (pid < 0) {
         int err = errno;
         ::close(pair[0]);
         ::close(pair[1]);
-        throw Error("sdfutures::init: fork of the zygote: " + errno_text(err));
+        throw SystemError("fork", err, "in sdfutures::init, of the zygote");
     }
     if (pid == 0) {
         if (pair[1] != detail::kZygoteFd) ::dup2(pair[1], detail::kZygoteFd);

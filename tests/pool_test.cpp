@@ -300,6 +300,7 @@ TEST_P(PoolTest, RunningOutOfDescriptorsAtAnyStepOfConstructionFailsCleanly) {
     });
     EXPECT_GE(sweep.failed, 6) << "a pool needs more than six new descriptors; the sweep did not reach its steps";
     EXPECT_GE(sweep.succeeded, 1) << "no pool could be built even with 31 descriptors to spare";
+    EXPECT_GE(sweep.system_errors, 1) << "no step's failure came as a SystemError with its error code";
     for (const auto& e : sweep.errors) EXPECT_NE(e.find("Too many open files"), std::string::npos) << e;
 }
 

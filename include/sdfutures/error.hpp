@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 namespace sdfutures {
 
@@ -147,7 +148,9 @@ class SetupError : public Error {
 public:
     SetupError(std::string step, int error_number, const std::string& detail);
     const std::string& step() const noexcept { return step_; }
+    // 0 when the step failed without an errno (a timeout, a refusal); code() is then the empty error_code.
     int error_number() const noexcept { return errno_; }
+    std::error_code code() const noexcept { return {errno_, std::generic_category()}; }
 
 private:
     std::string step_;
@@ -202,13 +205,15 @@ public:
 };
 
 // A system call, or a libsystemd function that reports an errno (sd_notify(3), sd_watchdog_enabled(3), ...),
-// failed: call() names it, error_number() is the errno.
+// failed: call() names it, error_number() is the errno, code() the same as a std::error_code (generic category,
+// so it compares equal to std::errc values: `e.code() == std::errc::too_many_files_open`).
 class SystemError : public Error {
 public:
-    // `detail`, when given, says what was being done: "sending READY=1 to the manager".
+    // `detail`, when given, says what was being done: "to create the unit's anchor pipe".
     SystemError(std::string call, int error_number, const std::string& detail = {});
     const std::string& call() const noexcept { return call_; }
     int error_number() const noexcept { return errno_; }
+    std::error_code code() const noexcept { return {errno_, std::generic_category()}; }
 
 private:
     std::string call_;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <set>
 #include <stdexcept>
+#include <system_error>
 
 #include <gtest/gtest.h>
 
@@ -52,6 +53,13 @@ ExhaustionSweep sweep_descriptor_exhaustion(Manager& manager, int steps, const s
             attempt();
             ++sweep.succeeded;
         } catch (const Error& e) {
+            // A system call's failure keeps its cause: here, always the descriptor limit.
+            if (auto* system = dynamic_cast<const SystemError*>(&e)) {
+                ++sweep.system_errors;
+                if (system->code() != std::errc::too_many_files_open)
+                    ADD_FAILURE() << "with RLIMIT_NOFILE " << limit << ", " << system->call()
+                                  << " failed with an error code other than EMFILE: " << system->code().message();
+            }
             // More descriptors to spare must never make it fail again once it has worked.
             if (sweep.succeeded > 0)
                 ADD_FAILURE() << "with RLIMIT_NOFILE " << limit << " it failed again after working with fewer: "

@@ -30,6 +30,7 @@ private:
 struct ExhaustionSweep {
     int failed = 0;     // attempts that threw sdfutures::Error
     int succeeded = 0;  // attempts that worked
+    int system_errors = 0;  // of the failed ones, those that threw SystemError (each checked to be EMFILE)
     std::vector<std::string> errors;  // "limit N: what()", one per failed attempt
 };
 
