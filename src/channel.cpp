@@ -1,4 +1,5 @@
 #include "channel.hpp"
+#include "sys.hpp"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -33,10 +34,16 @@ ssize_t send_record(int fd, std::uint64_t id, std::string_view body, std::size_t
     msg.msg_iov = parts;
     msg.msg_iovlen = 2;
     ssize_t n;
-    do n = ::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
+    do n = sys::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
-    return static_cast<ssize_t>(length);  // a SOCK_SEQPACKET record is sent whole or not at all
+    // A SOCK_SEQPACKET record is sent whole or not at all; a short count (which only the syscall seam produces)
+    // means the peer got a broken record, so the channel is as good as gone.
+    if (static_cast<std::size_t>(n) != sizeof header + length) {
+        errno = EPIPE;
+        return -1;
+    }
+    return static_cast<ssize_t>(length);
 }
 
 }  // namespace
@@ -57,16 +64,19 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
     // Descriptors a worker sends along are not wanted: without a control buffer the kernel closes them.
     // ECONNRESET: the peer ended with messages of ours unread. Kernels report that once, and may do so before the
     // records the peer sent while it lived, which are still to be read (its last replies among them).
-    do n = ::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
+    do n = sys::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
     while (n < 0 && (errno == EINTR || errno == ECONNRESET));
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Got::nothing;
-        throw Error("reading the worker's channel: " + errno_text(errno));
+        throw SystemError("recvmsg", errno, "reading the worker's channel");
     }
     if (n == 0) {
         // End of stream and an empty record both read as 0 bytes; only the first comes with a hang-up.
         pollfd hangup{fd, POLLRDHUP, 0};
-        if (::poll(&hangup, 1, 0) == 1 && (hangup.revents & (POLLHUP | POLLRDHUP))) return Got::end;
+        int r;
+        do r = sys::poll(&hangup, 1, 0);
+        while (r < 0 && errno == EINTR);  // an interrupted question would make the end look like an empty record
+        if (r == 1 && (hangup.revents & (POLLHUP | POLLRDHUP))) return Got::end;
         broken("an empty record (every record has a 16-byte header)");
     }
     const auto length = static_cast<std::size_t>(n);

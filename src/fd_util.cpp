@@ -1,4 +1,5 @@
 #include "fd_util.hpp"
+#include "sys.hpp"
 
 #include <signal.h>
 
@@ -26,7 +27,7 @@ bool send_with_fds(int socket, const void* data, size_t size, std::span<const in
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
     for (;;) {
-        ssize_t n = ::sendmsg(socket, &msg, MSG_NOSIGNAL);
+        ssize_t n = sys::sendmsg(socket, &msg, MSG_NOSIGNAL);
         if (n >= 0) return static_cast<size_t>(n) == size;
         if (errno != EINTR) return false;
     }
@@ -44,7 +45,7 @@ ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds,
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n;
-    do n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
+    do n = sys::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
     if (n < 0) return n;
     if (dropped) *dropped = (msg.msg_flags & MSG_CTRUNC) != 0;
@@ -65,7 +66,7 @@ ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds,
 bool write_all(int fd, const void* data, size_t size) noexcept {
     auto p = static_cast<const char*>(data);
     while (size > 0) {
-        ssize_t n = ::write(fd, p, size);
+        ssize_t n = sys::write(fd, p, size);
         if (n < 0) {
             if (errno == EINTR) continue;
             return false;
@@ -85,7 +86,7 @@ ssize_t write_without_sigpipe(int fd, const char* data, size_t size) noexcept {
     sigpending(&pending);
     bool was_pending = sigismember(&pending, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
-    ssize_t n = ::write(fd, data, size);
+    ssize_t n = sys::write(fd, data, size);
     int saved = errno;
     if (n < 0 && saved == EPIPE && !was_pending) {
         timespec zero{};

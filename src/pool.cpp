@@ -28,6 +28,7 @@
 #include "program_image.hpp"
 #include "property_reach.hpp"
 #include "pool_bus.hpp"
+#include "sys.hpp"
 #include "task_state.hpp"
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
@@ -66,10 +67,16 @@ std::size_t default_worker_count(const Properties& properties) {
     return std::max<std::size_t>(cpus, 1);
 }
 
-bool pipe_reader_gone(int write_fd) {
-    pollfd p{write_fd, 0, 0};
-    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+// poll(2) of one descriptor without waiting; an interruption is not an answer, so it asks again.
+short poll_now(int fd, short events) {
+    pollfd p{fd, events, 0};
+    int r;
+    do r = sys::poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    return r == 1 ? p.revents : 0;
 }
+
+bool pipe_reader_gone(int write_fd) { return poll_now(write_fd, 0) & POLLERR; }
 
 std::string release_message(uint32_t main_pid) {
     auto pid = static_cast<pid_t>(main_pid);
@@ -224,7 +231,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     if (options.start_method == StartMethod::forkserver) check_zygote_can_serve(config);
     id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
     wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!wake) throw Error("cannot create the dispatcher's wake-up eventfd: " + errno_text(errno));
+    if (!wake) throw SystemError("eventfd", errno, "to create the dispatcher's wake-up descriptor");
 
     Manager manager(*bus);
     try {
@@ -245,7 +252,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
 // outside, attached, released, and enter the unit themselves (unit_entry.hpp). Returns once they are released.
 void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
     int anchor_pipe[2];
-    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw Error("cannot create the unit's anchor pipe: " + errno_text(errno));
+    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
     anchor = Fd(anchor_pipe[1]);
     Fd anchor_read(anchor_pipe[0]);
     PendingJob job = manager.start_transient_unit_async(
@@ -265,7 +272,7 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
     manager.attach_processes_to_unit(options.unit_name, "/", to_attach);  // one call for all of them
     for (auto& w : workers) {
         if (!send_message(w->socket.get(), 0, release_message(main_pid)))
-            throw Error("cannot release worker " + std::to_string(w->pid) + ": " + errno_text(errno));
+            throw SystemError("sendmsg", errno, "to release worker " + std::to_string(w->pid));
         w->phase = Worker::Phase::entering;
     }
 }
@@ -294,7 +301,7 @@ void PoolCore::Impl::request_spawn(std::size_t n) {
     if (n == 0) return;
     ForkServerRequest request{static_cast<uint32_t>(n)};
     if (!send_with_fds(server.control.get(), &request, sizeof request))
-        throw Error("the pool's fork server does not answer: " + errno_text(errno));
+        throw SystemError("sendmsg", errno, "to ask the pool's fork server for workers");
     if (spawning == 0) spawn_requested = Clock::now();
     spawning += n;
 }
@@ -303,7 +310,7 @@ void PoolCore::Impl::spawn_initial_workers() {
     while (spawning > 0) {
         pollfd ready{server.control.get(), POLLIN, 0};
         int r;
-        do r = ::poll(&ready, 1, static_cast<int>(kSpawnTimeout.count()));
+        do r = sys::poll(&ready, 1, static_cast<int>(kSpawnTimeout.count()));
         while (r < 0 && errno == EINTR);
         if (r == 0)
             throw Error("the pool's fork server (pid " + std::to_string(server.pid) + ") forked no worker within " +
@@ -317,7 +324,7 @@ void PoolCore::Impl::spawn_initial_workers() {
             --spawning;
             workers.push_back(new_worker(event.pid, passed, dropped));
         } else if (event.kind == ForkServerEvent::spawn_failed) {
-            throw Error("the pool's fork server could not fork a worker: " + errno_text(event.value));
+            throw SystemError("fork", event.value, "in the pool's fork server, of a worker");
         }
     }
 }
@@ -327,7 +334,7 @@ void PoolCore::Impl::wait_until_entered(Worker& w) {
     for (;;) {
         auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now()).count();
         pollfd ready{w.socket.get(), POLLIN, 0};
-        int r = ::poll(&ready, 1, static_cast<int>(std::max<long long>(left, 0)));
+        int r = sys::poll(&ready, 1, static_cast<int>(std::max<long long>(left, 0)));
         if (r < 0 && errno == EINTR) continue;
         if (r == 0)
             throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " did not report within " +
@@ -380,7 +387,10 @@ PoolCore::Impl::~Impl() {
 
 void PoolCore::Impl::wake_up() {
     uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(wake.get(), &one, sizeof one);
+    // A lost wake-up would leave the dispatcher asleep until its next deadline, or forever: retry interruptions.
+    // (Nothing else can fail: the counter is read on every wake-up and cannot reach its limit.)
+    while (sys::write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) {
+    }
 }
 
 void PoolCore::Impl::update_pids() {
@@ -602,7 +612,7 @@ void PoolCore::Impl::handle_server_events() {
         } else if (event.kind == ForkServerEvent::spawn_failed) {
             if (spawning > 0) --spawning;
             fail_queued_tasks(
-                std::make_exception_ptr(Error("the pool's fork server could not fork a worker: " + errno_text(event.value))));
+                std::make_exception_ptr(SystemError("fork", event.value, "in the pool's fork server, of a worker")));
         } else if (event.kind == ForkServerEvent::stopped || event.kind == ForkServerEvent::continued) {
             for (auto& w : workers)
                 if (w->pid == event.pid) worker_stopped(*w, event.kind == ForkServerEvent::stopped);
@@ -750,9 +760,11 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
 }
 
 void PoolCore::Impl::flush_worker(Worker& w) {
-    if (w.writer.flush(w.socket.get()) == MessageWriter::Sent::broken && w.alive()) {
-        w.kill();  // its end is closed: it is dying; the exit report finishes it
-    }
+    if (w.writer.flush(w.socket.get()) != MessageWriter::Sent::broken) return;
+    // Nothing more can be sent to it: dropping what is queued keeps POLLOUT from waking the loop again and again
+    // until its exit is reported (its tasks are still in in_flight and settle with that report).
+    w.writer.clear();
+    if (w.alive()) w.kill();  // its end is closed, or it was sent a record cut short: it is dying
 }
 
 void PoolCore::Impl::take_requests() {
@@ -964,8 +976,7 @@ void PoolCore::Impl::enforce_deadlines() {
 // Either way systemd stops the unit with it.
 bool PoolCore::Impl::main_process_gone() const {
     if (!exec) return pipe_reader_gone(anchor.get());
-    pollfd p{server.pidfd.get(), POLLIN, 0};
-    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+    return poll_now(server.pidfd.get(), POLLIN) & POLLIN;
 }
 
 bool PoolCore::Impl::retired() {
@@ -1012,13 +1023,13 @@ void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>&
     int timeout_ms = -1;
     if (next)
         timeout_ms = static_cast<int>(std::max<long long>(0, std::chrono::ceil<milliseconds>(*next - Clock::now()).count()));
-    if (::poll(fds.data(), fds.size(), timeout_ms) < 0) {
+    if (sys::poll(fds.data(), fds.size(), timeout_ms) < 0) {
         for (auto& p : fds) p.revents = 0;
         return;
     }
     if (fds[0].revents & POLLIN) {
         uint64_t count;
-        [[maybe_unused]] ssize_t n = ::read(wake.get(), &count, sizeof count);
+        [[maybe_unused]] ssize_t n = sys::read(wake.get(), &count, sizeof count);
     }
     for (std::size_t i = 0; i < polled.size(); ++i) {
         Worker& w = *polled[i];
@@ -1045,6 +1056,9 @@ void PoolCore::Impl::run_dispatcher() {
         try {
             take_requests();
             take_bus_answers();
+            // A verdict just taken may be all a dead worker's task waited for; no event would follow it, so the
+            // task must settle now, not after the next poll (which could sleep until an unrelated deadline).
+            finalize_dead_workers();
             // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
             // event would follow to bring the loop back to it.
             assign_tasks();

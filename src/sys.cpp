@@ -1,0 +1,28 @@
+#include "sys.hpp"
+
+namespace sdfutures::detail::sys {
+namespace {
+
+// The C library's functions by their own types (::read's parameters are not spelled as ours, but convert).
+ssize_t libc_read(int fd, void* data, std::size_t size) { return ::read(fd, data, size); }
+ssize_t libc_write(int fd, const void* data, std::size_t size) { return ::write(fd, data, size); }
+ssize_t libc_sendmsg(int fd, const msghdr* message, int flags) { return ::sendmsg(fd, message, flags); }
+ssize_t libc_recvmsg(int fd, msghdr* message, int flags) { return ::recvmsg(fd, message, flags); }
+int libc_poll(pollfd* fds, nfds_t count, int timeout_ms) { return ::poll(fds, count, timeout_ms); }
+
+// Constant-initialized (no constructor runs), so a call made before main, or by a forked child, finds it filled.
+constinit Calls the_calls{libc_read, libc_write, libc_sendmsg, libc_recvmsg, libc_poll};
+
+}  // namespace
+
+Calls& calls() noexcept { return the_calls; }
+
+void restore_default_calls() noexcept {
+    the_calls.read.store(libc_read);
+    the_calls.write.store(libc_write);
+    the_calls.sendmsg.store(libc_sendmsg);
+    the_calls.recvmsg.store(libc_recvmsg);
+    the_calls.poll.store(libc_poll);
+}
+
+}  // namespace sdfutures::detail::sys

@@ -1,0 +1,176 @@
+// The pool's channel (src/channel.hpp) when the kernel is unkind: every EINTR, EAGAIN and short transfer the
+// syscall seam (src/sys.hpp) can inject is either retried without losing or duplicating a record, or reported as
+// a broken channel; never read as a message. No manager: socket pairs and pipes of this process.
+
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <system_error>
+#include <thread>
+
+#include "channel.hpp"
+#include "fd_util.hpp"
+#include "sdfutures/error.hpp"
+#include "support/syscall_injection.hpp"
+
+namespace sdfutures::testing {
+namespace {
+
+using detail::Fd;
+using detail::Message;
+using detail::MessageReader;
+using detail::MessageWriter;
+
+struct SocketPair {
+    Fd owner, worker;
+    SocketPair() {
+        int fds[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw std::system_error(errno, std::generic_category());
+        owner = Fd(fds[0]);
+        worker = Fd(fds[1]);
+    }
+};
+
+// A body of `size` bytes in which every position says where it is, so a lost, repeated or reordered record shows.
+std::string numbered_body(std::size_t size) {
+    std::string body(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) body[i] = static_cast<char>(i * 131 + i / 997);
+    return body;
+}
+
+TEST(ChannelTest, EintrOnEverySecondSendAndReceiveNeitherLosesNorRepeatsARecord) {
+    SocketPair pair;
+    SyscallInjection injection;
+    injection.inject(Call::sendmsg, {.error_number = EINTR, .every = 2});
+    injection.inject(Call::recvmsg, {.error_number = EINTR, .every = 2});
+    // Five records and a bit: more than the socket buffer, so the sender blocks and the two interleave.
+    const std::string body = numbered_body(5 * detail::kRecordBodyBytes + 1234);
+    std::thread sender([&] { EXPECT_TRUE(detail::send_message(pair.worker.get(), 42, body)); });
+    MessageReader reader(body.size());
+    Message got;
+    ASSERT_TRUE(detail::receive_message(pair.owner.get(), reader, got));
+    sender.join();
+    EXPECT_EQ(got.id, 42u);
+    EXPECT_TRUE(got.body.view() == body) << "the message arrived changed";
+    EXPECT_GE(injection.injected(Call::sendmsg), 3);
+    EXPECT_GE(injection.injected(Call::recvmsg), 3);
+}
+
+TEST(ChannelTest, EagainOnTheOwnersNonBlockingSendsKeepsTheQueueUntilTheSocketTakesIt) {
+    SocketPair pair;
+    SyscallInjection injection;
+    injection.inject(Call::sendmsg, {.error_number = EAGAIN, .only_nonblocking = true, .every = 2});
+    MessageWriter writer;
+    const std::string first = numbered_body(3 * detail::kRecordBodyBytes / 2), second = "second";
+    writer.queue(7, first);
+    writer.queue(8, second);
+    int blocked = 0;
+    MessageWriter::Sent sent;
+    while ((sent = writer.flush(pair.owner.get())) == MessageWriter::Sent::blocked) ++blocked;
+    EXPECT_EQ(sent, MessageWriter::Sent::all);
+    EXPECT_TRUE(writer.empty());
+    EXPECT_GE(blocked, 2) << "each injected EAGAIN is a 'blocked' with the rest still queued";
+    MessageReader reader(first.size());
+    Message got;
+    ASSERT_TRUE(detail::receive_message(pair.worker.get(), reader, got));
+    EXPECT_EQ(got.id, 7u);
+    EXPECT_TRUE(got.body.view() == first);
+    ASSERT_TRUE(detail::receive_message(pair.worker.get(), reader, got));
+    EXPECT_EQ(got.id, 8u);
+    EXPECT_EQ(got.body.view(), second);
+}
+
+TEST(ChannelTest, EagainOnANonBlockingReadIsNothingAndTheRecordComesOnTheNextRead) {
+    SocketPair pair;
+    ASSERT_TRUE(detail::send_message(pair.worker.get(), 5, "five"));
+    SyscallInjection injection;
+    injection.inject(Call::recvmsg, {.error_number = EAGAIN, .only_nonblocking = true, .every = 2});
+    MessageReader reader(64);
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::message);  // call 1: real
+    EXPECT_EQ(reader.take().body.view(), "five");
+    ASSERT_TRUE(detail::send_message(pair.worker.get(), 6, "six"));
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::nothing);  // call 2: injected
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::message);
+    Message got = reader.take();
+    EXPECT_EQ(got.id, 6u);
+    EXPECT_EQ(got.body.view(), "six");
+}
+
+TEST(ChannelTest, AShortSendIsABrokenChannelAndTheCutRecordIsAProtocolErrorForThePeer) {
+    SocketPair pair;
+    SyscallInjection injection;
+    injection.inject(Call::sendmsg, {.short_transfer = true});
+    errno = 0;
+    EXPECT_FALSE(detail::send_message(pair.worker.get(), 9, "0123456789"));
+    EXPECT_EQ(errno, EPIPE);
+    MessageReader reader(64);
+    EXPECT_THROW(reader.read_record(pair.owner.get(), true), ProtocolError)  // 13 bytes: less than a header
+        << "a record cut short must never be taken for a message";
+}
+
+TEST(ChannelTest, AShortSendInTheMiddleOfAMessageLeavesThePeerMidMessageAtTheEnd) {
+    SocketPair pair;
+    const std::string body = numbered_body(2 * detail::kRecordBodyBytes);
+    {
+        SyscallInjection injection;
+        injection.inject(Call::sendmsg, {.short_transfer = true});
+        EXPECT_FALSE(detail::send_message(pair.worker.get(), 3, body));
+    }
+    pair.worker.reset();
+    MessageReader reader(body.size());
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::partial);
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::end);
+    EXPECT_TRUE(reader.mid_message()) << "the pool calls this a violation and kills the worker";
+}
+
+TEST(ChannelTest, WriteAllSurvivesShortWritesAndEintrWithEveryByteInOrder) {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    Fd read_end(fds[0]), write_end(fds[1]);
+    const std::string data = numbered_body(1 << 20);
+    std::string received;
+    std::thread reader([&] {
+        char buffer[65536];
+        ssize_t n;
+        while ((n = ::read(read_end.get(), buffer, sizeof buffer)) > 0) received.append(buffer, static_cast<std::size_t>(n));
+    });
+    {
+        SyscallInjection injection;
+        injection.inject(Call::write, {.short_transfer = true});  // every write: half of what is left
+        EXPECT_TRUE(detail::write_all(write_end.get(), data.data(), data.size()));
+        EXPECT_GE(injection.injected(Call::write), 10);
+        injection.inject(Call::write, {.error_number = EINTR, .every = 2});
+        EXPECT_TRUE(detail::write_all(write_end.get(), data.data(), data.size()));
+    }
+    write_end.reset();
+    reader.join();
+    EXPECT_TRUE(received == data + data);
+}
+
+TEST(ChannelTest, AFailingReadIsASystemErrorThatKeepsItsErrorCode) {
+    MessageReader reader(64);
+    Fd closed;
+    {
+        SocketPair pair;
+        closed = std::move(pair.owner);
+    }
+    const int stale = closed.get();
+    closed.reset();  // a descriptor number that is not open now
+    try {
+        reader.read_record(stale, true);
+        FAIL() << "a read of a closed descriptor succeeded";
+    } catch (const SystemError& e) {
+        EXPECT_EQ(e.call(), "recvmsg");
+        EXPECT_EQ(e.code(), std::errc::bad_file_descriptor);
+        EXPECT_EQ(e.code().value(), EBADF);
+        EXPECT_NE(std::string(e.what()).find("EBADF"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+}  // namespace sdfutures::testing

@@ -1,0 +1,132 @@
+#include "support/syscall_injection.hpp"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+
+#include "sys.hpp"
+
+namespace sdfutures::testing {
+namespace {
+
+// One plan per kind of call. The wrappers installed in the seam are plain functions, so the plans are globals;
+// atomics, because the pool's dispatcher thread makes the calls while the test thread reads the counts.
+struct Plan {
+    std::atomic<int> error_number{0};
+    std::atomic<bool> short_transfer{false};
+    std::atomic<bool> only_nonblocking{false};
+    std::atomic<int> every{1};
+    std::atomic<int> times{0};
+    std::atomic<std::int64_t> calls{0};
+    std::atomic<std::int64_t> injected{0};
+};
+std::array<Plan, 5> plans;
+
+Plan& plan_of(Call call) { return plans.at(static_cast<std::size_t>(call)); }
+
+// True when this call is the one to spoil (and counts it).
+bool this_one(Call call, bool nonblocking = true) {
+    Plan& p = plan_of(call);
+    if (p.only_nonblocking && !nonblocking) return false;
+    const int every = std::max(p.every.load(), 1);
+    if (++p.calls % every != 0) return false;
+    if (const int times = p.times; times > 0 && p.injected >= times) return false;
+    ++p.injected;
+    return true;
+}
+
+int planned_errno(Call call) { return plan_of(call).error_number.load(); }
+bool planned_short(Call call) { return plan_of(call).short_transfer.load(); }
+
+ssize_t injected_read(int fd, void* data, std::size_t size) {
+    if (this_one(Call::read)) {
+        errno = planned_errno(Call::read);
+        return -1;
+    }
+    return ::read(fd, data, size);
+}
+
+ssize_t injected_write(int fd, const void* data, std::size_t size) {
+    if (this_one(Call::write)) {
+        if (planned_short(Call::write)) return ::write(fd, data, std::max<std::size_t>(size / 2, 1));
+        errno = planned_errno(Call::write);
+        return -1;
+    }
+    return ::write(fd, data, size);
+}
+
+ssize_t injected_sendmsg(int fd, const msghdr* message, int flags) {
+    if (this_one(Call::sendmsg, (flags & MSG_DONTWAIT) != 0)) {
+        if (!planned_short(Call::sendmsg)) {
+            errno = planned_errno(Call::sendmsg);
+            return -1;
+        }
+        // The record cut to half its length: the same iovecs, the last ones dropped or shortened.
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < message->msg_iovlen; ++i) total += message->msg_iov[i].iov_len;
+        std::size_t keep = total / 2;
+        std::array<iovec, 8> parts{};
+        std::size_t count = 0;
+        for (std::size_t i = 0; i < message->msg_iovlen && keep > 0 && count < parts.size(); ++i) {
+            parts[count] = message->msg_iov[i];
+            parts[count].iov_len = std::min(parts[count].iov_len, keep);
+            keep -= parts[count].iov_len;
+            ++count;
+        }
+        msghdr shorter = *message;
+        shorter.msg_iov = parts.data();
+        shorter.msg_iovlen = count;
+        return ::sendmsg(fd, &shorter, flags);
+    }
+    return ::sendmsg(fd, message, flags);
+}
+
+ssize_t injected_recvmsg(int fd, msghdr* message, int flags) {
+    if (this_one(Call::recvmsg, (flags & MSG_DONTWAIT) != 0)) {
+        errno = planned_errno(Call::recvmsg);
+        return -1;
+    }
+    return ::recvmsg(fd, message, flags);
+}
+
+int injected_poll(pollfd* fds, nfds_t count, int timeout_ms) {
+    if (this_one(Call::poll)) {
+        errno = planned_errno(Call::poll);
+        return -1;
+    }
+    return ::poll(fds, count, timeout_ms);
+}
+
+}  // namespace
+
+SyscallInjection::~SyscallInjection() {
+    detail::sys::restore_default_calls();
+    for (auto& p : plans) {
+        p.error_number = 0, p.short_transfer = false, p.only_nonblocking = false, p.every = 1, p.times = 0;
+        p.calls = 0, p.injected = 0;
+    }
+}
+
+void SyscallInjection::inject(Call call, Injected how) {
+    Plan& p = plan_of(call);
+    p.error_number = how.error_number;
+    p.short_transfer = how.short_transfer;
+    p.only_nonblocking = how.only_nonblocking;
+    p.every = how.every;
+    p.times = how.times;
+    p.injected = 0;
+    auto& calls = detail::sys::calls();
+    switch (call) {
+        case Call::read: calls.read = injected_read; break;
+        case Call::write: calls.write = injected_write; break;
+        case Call::sendmsg: calls.sendmsg = injected_sendmsg; break;
+        case Call::recvmsg: calls.recvmsg = injected_recvmsg; break;
+        case Call::poll: calls.poll = injected_poll; break;
+    }
+}
+
+std::int64_t SyscallInjection::injected(Call call) const { return plan_of(call).injected.load(); }
+
+}  // namespace sdfutures::testing
