@@ -54,14 +54,17 @@ HeartbeatView::HeartbeatView(const Fd& page) {
                     " bytes; the owner does not map it");
     void* map = ::mmap(nullptr, kHeartbeatPageBytes, PROT_READ, MAP_SHARED, page.get(), 0);
     if (map == MAP_FAILED) throw Error("mmap of a worker's heartbeat page: " + errno_text(errno));
+    mapping_ = map;
     stamp_ = static_cast<const HeartbeatStamp*>(map);
 }
 
-HeartbeatView::HeartbeatView(HeartbeatView&& other) noexcept : stamp_(std::exchange(other.stamp_, nullptr)) {}
+HeartbeatView::HeartbeatView(HeartbeatView&& other) noexcept
+    : mapping_(std::exchange(other.mapping_, nullptr)), stamp_(std::exchange(other.stamp_, nullptr)) {}
 
 HeartbeatView& HeartbeatView::operator=(HeartbeatView&& other) noexcept {
     if (this != &other) {
         unmap();
+        mapping_ = std::exchange(other.mapping_, nullptr);
         stamp_ = std::exchange(other.stamp_, nullptr);
     }
     return *this;
@@ -70,8 +73,8 @@ HeartbeatView& HeartbeatView::operator=(HeartbeatView&& other) noexcept {
 HeartbeatView::~HeartbeatView() { unmap(); }
 
 void HeartbeatView::unmap() noexcept {
-    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-const-cast): munmap takes a void*, the mapping is ours
-    if (stamp_) ::munmap(const_cast<HeartbeatStamp*>(stamp_), kHeartbeatPageBytes);
+    if (mapping_) ::munmap(mapping_, kHeartbeatPageBytes);
+    mapping_ = nullptr;
     stamp_ = nullptr;
 }
 

@@ -57,6 +57,7 @@ public:
 
 private:
     void unmap() noexcept;
+    void* mapping_ = nullptr;  // what munmap takes back
     const HeartbeatStamp* stamp_ = nullptr;
 };
 
