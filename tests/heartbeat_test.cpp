@@ -104,7 +104,7 @@ std::string failure_of(std::future<int>& f) {
 }
 
 // The bound asserted for stall detection: generous for a loaded 2-core machine (measured: 0 to 10 ms over the
-// timeout from submission, 35 runs over the three start methods, some beside a parallel compile).
+// timeout from submission, 33 runs over the three start methods, some beside a parallel compile).
 constexpr auto kStallSlack = 1500ms;
 
 TEST_P(HeartbeatTest, ATaskSilentPastTheHeartbeatTimeoutFailsWithTaskStalledAndTheNextTaskSucceeds) {
