@@ -95,7 +95,8 @@ ExecServerLaunch prepare_exec_server(const WorkerConfig& config) {
                              config.limits.max_depth,
                              config.max_tasks,
                              0,
-                             0};
+                             0,
+                             config.heartbeat ? 1u : 0u};
     if (config.initializer) {
         message.has_initializer = 1;
         message.initializer_offset =
@@ -179,6 +180,7 @@ bool exec_server_requested(int argc, char** argv) noexcept {
                                static_cast<std::size_t>(message.max_depth)};
     config.max_tasks = static_cast<std::size_t>(message.max_tasks);
     config.keep_stdio = message.keep_stdio != 0;
+    config.heartbeat = message.heartbeat != 0;
     config.born_in_unit = true;
     config.code_base = image_address(0);
     if (message.has_initializer)

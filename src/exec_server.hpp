@@ -12,6 +12,14 @@
 // (fork_server.hpp) takes over:
 //   owner → server  ExecServerConfig        written before the unit is started; the kernel keeps it
 //   server → owner  ExecServerHello         + a pidfd of the server itself (SCM_RIGHTS) when error == 0
+// ExecServerConfig, native byte order (both ends are the same executable), 56 bytes:
+//   u32 version (kExecProtocolVersion)   u32 keep_stdio (0/1)
+//   u64 max_frame_bytes   u64 max_depth   u64 max_tasks (0: unlimited)
+//   u64 has_initializer (0/1)   u64 initializer_offset (in the executable image)
+//   u64 heartbeat (0/1, since version 2): PoolOptions::heartbeat_timeout is set, so the server makes a heartbeat
+//       page for each worker it forks and passes it with the worker's `spawned` event (fork_server.hpp,
+//       heartbeat_page.hpp). The page is made in the unit by the server, not by the owner: replacements are
+//       forked long after the configuration was sent, and a page per worker is what keeps workers apart.
 // A server whose executable is not the one the owner named, or that cannot set itself up, sends a hello with
 // the errno and a text naming the step, and exits.
 
@@ -40,8 +48,11 @@ struct ExecServerConfig {
     std::uint64_t max_tasks;
     std::uint64_t has_initializer;
     std::uint64_t initializer_offset;  // in the executable image (program_image.hpp)
+    std::uint64_t heartbeat;           // 1: every worker gets a heartbeat page (version 2 on)
 };
-inline constexpr std::uint32_t kExecProtocolVersion = 1;
+inline constexpr std::uint32_t kExecProtocolVersion = 2;
+
+static_assert(sizeof(ExecServerConfig) == 56);
 
 struct ExecServerHello {
     std::int32_t pid;

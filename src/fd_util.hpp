@@ -39,7 +39,7 @@ private:
 };
 
 // Sends `data` and the descriptors in `fds` (at most kMaxPassedFds) over a unix socket.
-inline constexpr std::size_t kMaxPassedFds = 2;
+inline constexpr std::size_t kMaxPassedFds = 3;
 bool send_with_fds(int socket, const void* data, size_t size, std::span<const int> fds = {}) noexcept;
 // Receives one message into `data`; the descriptors that came with it fill `fds` in order (owned, close-on-exec),
 // and any beyond fds.size() are closed. Returns the byte count (0 at end of stream, -1 on error). `dropped`, when

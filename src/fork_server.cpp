@@ -16,11 +16,13 @@
 #include <array>
 #include <cstdio>
 #include <cstring>
+#include <span>
 #include <vector>
 #include <tuple>
 
 #include "channel.hpp"
 #include "forked_child.hpp"
+#include "heartbeat_page.hpp"
 #include "sdfutures/pool.hpp"
 #include "unit_entry.hpp"
 #include "zygote.hpp"
@@ -71,8 +73,13 @@ int settle_in_unit(int socket) {
 // is sent as soon as its task returns, never held back to batch with the next: if the next task crashes the
 // worker, the finished one's result must already be on its way, or the owner would blame the wrong task. Each
 // reply carries the id of the task it answers.
-[[noreturn]] void worker_main(int socket, pid_t server, const WorkerConfig& config) {
+[[noreturn]] void worker_main(int socket, int heartbeat_page, pid_t server, const WorkerConfig& config) {
     detach_from_owner_state();
+    if (heartbeat_page >= 0) {
+        // Mapped before the channel moves and the other descriptors close: the mapping outlives the descriptor.
+        if (!adopt_heartbeat_page(heartbeat_page)) ::_exit(127);
+        ::close(heartbeat_page);
+    }
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != server) ::_exit(127);
     MessageReader reader(kMaxTaskMessageBytes);
@@ -116,6 +123,15 @@ int settle_in_unit(int socket) {
 
 // Forks one worker; reports it (with its socket and pidfd) or the failure on the control socket.
 void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector<pid_t>& workers) {
+    Fd page;
+    if (config.heartbeat) {
+        page = create_heartbeat_page();
+        if (!page) {
+            ForkServerEvent e{ForkServerEvent::spawn_failed, 0, errno};
+            send_with_fds(kControlFd, &e, sizeof e);
+            return;
+        }
+    }
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
         ForkServerEvent e{ForkServerEvent::spawn_failed, 0, errno};
@@ -126,7 +142,7 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     if (pid == 0) {
         ::close(pair[0]);
         ::close(sigfd);
-        worker_main(pair[1], self, config);
+        worker_main(pair[1], page.get(), self, config);
     }
     ::close(pair[1]);
     // The pidfd is opened here, by the worker's parent, before this loop can reap it: the pid cannot have been
@@ -147,8 +163,8 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     } else {
         workers.push_back(pid);
         ForkServerEvent e{ForkServerEvent::spawned, pid, 0};
-        const int passed[] = {pair[0], pidfd};
-        send_with_fds(kControlFd, &e, sizeof e, passed);
+        const int passed[] = {pair[0], pidfd, page.get()};
+        send_with_fds(kControlFd, &e, sizeof e, std::span<const int>(passed, page ? 3 : 2));
         ::close(pidfd);
     }
     ::close(pair[0]);
@@ -172,6 +188,8 @@ int thread_count() noexcept {
     // its default action first: inherited as ignored (an owner that ignores it), the kernel would reap the workers
     // itself and their exits would never be reported.
     reset_child_signal();
+    // The server of a pool made inside a task is no worker: neither it nor its workers beat for the outer task.
+    forget_heartbeat_page();
     // Already registered when the owner forked this server (the flag came along); registered here for a server
     // from the zygote, a single-threaded line from init() on, where taking glibc's exit-handler lock is safe.
     prepare_exit_guard();

@@ -31,6 +31,8 @@ struct WorkerConfig {
     std::size_t max_tasks = 0;  // 0: unlimited
     bool keep_stdio = false;
     std::function<void()> initializer;
+    // PoolOptions::heartbeat_timeout is set: each worker gets a heartbeat page (heartbeat_page.hpp).
+    bool heartbeat = false;
     // StartMethod::exec: the fork server is the unit's main process, so its workers are born inside the unit
     // (nothing to attach, release or enter), and a task names its code by offset from this process's image.
     bool born_in_unit = false;
@@ -45,8 +47,9 @@ struct ForkServer {
 };
 
 // Starts a fork server by `method`. Each `spawned` event carries the worker's socket (SOCK_SEQPACKET, see
-// channel.hpp) and a pidfd of the worker opened by its parent (so never of a reused pid), as SCM_RIGHTS
-// descriptors in that order. Throws Error naming what failed, or StateError when `forkserver` is asked for and
+// channel.hpp), a pidfd of the worker opened by its parent (so never of a reused pid), and, when the config asks
+// for heartbeats, the worker's heartbeat page (a sealed memfd, heartbeat_page.hpp), as SCM_RIGHTS descriptors in
+// that order. A worker whose page cannot be made is not forked: the event is spawn_failed with the errno. Throws Error naming what failed, or StateError when `forkserver` is asked for and
 // sdfutures::init() was not called.
 ForkServer start_fork_server(const WorkerConfig& config, StartMethod method);
 

@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "heartbeat_page.hpp"
+
 namespace sdfutures::detail {
 namespace {
 
@@ -41,6 +43,9 @@ void reset_child_signal() noexcept {
 
 void detach_from_owner_state() noexcept {
     library_child = 1;
+    // A child of a worker (a TransientUnitProcess run from a task) is no worker: its heartbeat() must not keep
+    // the parent's task alive. worker_main adopts its own page after this.
+    forget_heartbeat_page();
     ::__fpurge(stdout);
     ::__fpurge(stderr);
     reset_child_signal();

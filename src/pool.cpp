@@ -25,6 +25,7 @@
 #include "fd_util.hpp"
 #include "exec_server.hpp"
 #include "fork_server.hpp"
+#include "heartbeat_page.hpp"
 #include "program_image.hpp"
 #include "property_reach.hpp"
 #include "pool_bus.hpp"
@@ -101,6 +102,10 @@ struct Worker {
     std::deque<std::shared_ptr<TaskState>> in_flight;  // sent, in order; the head is running
     std::size_t assigned = 0;
     Clock::time_point head_since;                      // when the head task started, as far as the owner knows
+    // heartbeat_timeout: the worker's page (heartbeat_page.hpp), and the latest heartbeat seen on it, which may be
+    // one of an earlier task (then head_since counts). Both the dispatcher's.
+    HeartbeatView heartbeat;
+    Clock::time_point last_beat_seen;
     std::uint64_t last_answered = 0;                   // id of the last task it answered
     bool eof = false;          // nothing more is read from it
     bool write_closed = false;
@@ -194,7 +199,9 @@ struct PoolCore::Impl {
     void worker_stopped(Worker& w, bool stopped);
 
     // what the steps share
-    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped);
+    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 3> passed, bool dropped);
+    Clock::time_point heartbeat_deadline(const Worker& w) const;
+    bool stalled(Worker& w, Clock::time_point now);
     void condemn(Worker& w, const std::exception_ptr& error_for_head);
     void violation(Worker& w, const std::string& what, std::uint64_t offending_id);
     void requeue_window(Worker& w);
@@ -227,7 +234,8 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     unit.emplace(*bus, options.unit_name);
     // Also for exec: a property the cgroup layout cannot honour is refused, not silently ignored by systemd.
     require_support(*bus, properties, /*attaches=*/!exec);
-    const WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer};
+    const WorkerConfig config{limits, options.max_tasks_per_child, options.keep_stdio, options.initializer,
+                              options.heartbeat_timeout.has_value()};
     if (options.start_method == StartMethod::forkserver) check_zygote_can_serve(config);
     id_key = (std::uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
     wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -316,7 +324,7 @@ void PoolCore::Impl::spawn_initial_workers() {
             throw Error("the pool's fork server (pid " + std::to_string(server.pid) + ") forked no worker within " +
                         std::to_string(kSpawnTimeout.count()) + " ms");
         ForkServerEvent event{};
-        Fd passed[2];
+        Fd passed[3];
         bool dropped = false;
         ssize_t n = receive_with_fds(server.control.get(), &event, sizeof event, passed, &dropped);
         if (n <= 0) throw Error("the pool's fork server ended while forking workers");
@@ -548,12 +556,12 @@ void PoolCore::Impl::violation(Worker& w, const std::string& what, std::uint64_t
     condemn(w, error);
 }
 
-std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> passed, bool dropped) {
-    if (!passed[0] || !passed[1]) {
+std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 3> passed, bool dropped) {
+    if (!passed[0] || !passed[1] || (options.heartbeat_timeout && !passed[2])) {
         // The worker itself ends: its socket's other end is gone with the message.
         rlimit limit{};
         ::getrlimit(RLIMIT_NOFILE, &limit);
-        throw Error("worker " + std::to_string(pid) + "'s socket and pidfd did not reach the pool's owner" +
+        throw Error("worker " + std::to_string(pid) + "'s socket, pidfd or heartbeat page did not reach the pool's owner" +
                     (dropped ? " (the kernel dropped them, as it does for a receiver at its descriptor limit: "
                                "Too many open files, RLIMIT_NOFILE " + std::to_string(limit.rlim_cur) + ")"
                              : ""));
@@ -563,13 +571,14 @@ std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 2> p
     w->pid = pid;
     w->socket = std::move(passed[0]);
     w->pidfd = std::move(passed[1]);
+    if (options.heartbeat_timeout) w->heartbeat = HeartbeatView(passed[2]);  // throws Error for what is no page
     return w;
 }
 
 void PoolCore::Impl::handle_server_events() {
     for (;;) {
         ForkServerEvent event{};
-        Fd passed[2];
+        Fd passed[3];
         bool dropped = false;
         ssize_t n = ::recv(server.control.get(), nullptr, 0, MSG_PEEK | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
@@ -939,6 +948,14 @@ void PoolCore::Impl::enforce_deadlines() {
                                                     " did not report within " + std::to_string(kEntryTimeout.count()) + " ms")));
             return;
         }
+        if (options.heartbeat_timeout && !w->in_flight.empty() && now >= heartbeat_deadline(*w) && stalled(*w, now)) {
+            condemn(*w, std::make_exception_ptr(TaskStalled(
+                            "the task went longer than the pool's heartbeat_timeout of " +
+                            std::to_string(options.heartbeat_timeout->count()) +
+                            " ms without calling sdfutures::this_task::heartbeat() (pool unit " + options.unit_name +
+                            "); its worker was killed and replaced")));
+            continue;
+        }
         if (options.task_timeout && !w->in_flight.empty() && now >= w->head_since + *options.task_timeout) {
             // Its answer may be waiting in the socket already: take it before blaming the task.
             if (!w->eof) read_worker(*w);
@@ -970,6 +987,31 @@ void PoolCore::Impl::enforce_deadlines() {
             if (w->alive()) w->kill();
         sigkill_at.reset();
     }
+}
+
+// When the running task stalls unless the worker beats before: heartbeat_timeout after its start or the latest
+// heartbeat the dispatcher saw, whichever is later.
+Clock::time_point PoolCore::Impl::heartbeat_deadline(const Worker& w) const {
+    return std::max(w.head_since, w.last_beat_seen) + *options.heartbeat_timeout;
+}
+
+// At the heartbeat deadline: looks at the worker's page once (nothing is read between deadlines, so heartbeat()
+// costs the owner nothing) and moves the deadline to the latest beat; true when the task has stalled even so.
+//
+// The worker may have written anything on its page. A stamp later than the owner's clock is taken as a heartbeat
+// now: a worker scribbling such values keeps its own task alive only by going on scribbling, as a task calling
+// heartbeat() would, and task_timeout (if set) still ends it. Any other garbage (0, negative, in the past) is
+// older than the task's start and changes nothing: the task stalls. Nothing else is derived from the value, and
+// each worker's page is read only for that worker, so no value can touch another task.
+bool PoolCore::Impl::stalled(Worker& w, Clock::time_point now) {
+    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    const std::int64_t beat_ns = std::min(w.heartbeat.last_beat_ns(), now_ns);
+    const auto beat = Clock::time_point(std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(beat_ns)));
+    w.last_beat_seen = std::max(w.last_beat_seen, beat);
+    if (now < heartbeat_deadline(w)) return false;
+    // Its answer may be waiting in the socket already: take it before blaming the task.
+    if (!w.eof) read_worker(w);
+    return !w.condemned && !w.in_flight.empty() && now >= heartbeat_deadline(w);
 }
 
 // fork, forkserver: cat, the anchor pipe's reader, ended; exec: the fork server itself, the unit's main process.
@@ -1016,6 +1058,7 @@ void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>&
         if (w->condemned || !w->alive()) continue;
         if (w->phase == Worker::Phase::entering) consider(w->phase_since + kEntryTimeout);
         if (options.task_timeout && !w->in_flight.empty()) consider(w->head_since + *options.task_timeout);
+        if (options.heartbeat_timeout && !w->in_flight.empty()) consider(heartbeat_deadline(*w));
         if (w->idle_done_since) consider(*w->idle_done_since + kLingerTimeout);
     }
     if (spawning > 0) consider(spawn_requested + kSpawnTimeout);

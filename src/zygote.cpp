@@ -27,6 +27,7 @@ struct ZygoteRequest {
     std::uint64_t max_tasks;
     std::uint64_t initializer;  // a function pointer: the zygote is a fork of this program, so it means the same
     std::uint32_t keep_stdio;
+    std::uint32_t heartbeat;  // 1: the server's workers get heartbeat pages (heartbeat_page.hpp)
 };
 struct ZygoteReply {
     std::int32_t pid;    // > 0: the fork server
@@ -64,6 +65,7 @@ void fork_one_server(const ZygoteRequest& request) {
                                    static_cast<std::size_t>(request.max_depth)};
         config.max_tasks = static_cast<std::size_t>(request.max_tasks);
         config.keep_stdio = request.keep_stdio != 0;
+        config.heartbeat = request.heartbeat != 0;
         if (request.initializer) config.initializer = reinterpret_cast<void (*)()>(request.initializer);
         fork_server_main(config);
     }
@@ -130,7 +132,7 @@ ForkServer fork_server_from_zygote(const WorkerConfig& config) {
     check_zygote_can_serve(config);
     ZygoteHandle& z = zygote();
     ZygoteRequest request{config.limits.max_frame_bytes, config.limits.max_depth, config.max_tasks, 0,
-                          config.keep_stdio ? 1u : 0u};
+                          config.keep_stdio ? 1u : 0u, config.heartbeat ? 1u : 0u};
     if (config.initializer) request.initializer = reinterpret_cast<std::uint64_t>(*config.initializer.target<void (*)()>());
     std::lock_guard lock(z.mutex);
     if (!send_with_fds(z.socket.get(), &request, sizeof request))

@@ -185,6 +185,13 @@ public:
     using Error::Error;
 };
 
+// A pool task went longer than the pool's heartbeat_timeout without calling sdfutures::this_task::heartbeat()
+// (<sdfutures/this_task.hpp>); its worker was killed and replaced. what() names the timeout and the pool's unit.
+class TaskStalled : public Error {
+public:
+    using Error::Error;
+};
+
 // A wait for several tasks (as_completed(), <sdfutures/completion.hpp>) ran over its own timeout. The tasks
 // themselves go on; it is not TaskTimeout, which fails one task its pool's task_timeout ended.
 class WaitTimeout : public Error {

@@ -18,7 +18,8 @@
 //
 // Faults are contained: a worker that dies mid-task (a crash, abort(), _exit(), the OOM killer under
 // MemoryMax=) fails only that task's future with ProcessDied saying how; the pool replaces the worker and
-// goes on. A task over task_timeout fails with TaskTimeout and its worker is killed and replaced. If the unit
+// goes on. A task over task_timeout fails with TaskTimeout and its worker is killed and replaced; one that goes
+// over heartbeat_timeout without calling sdfutures::this_task::heartbeat() fails with TaskStalled, likewise. If the unit
 // is stopped from outside (systemctl stop), every unfinished future fails with UnitStopped at once and
 // submit() throws UnitStopped.
 //
@@ -69,6 +70,10 @@ struct PoolOptions {
     std::size_t max_window = 8;
     std::function<void()> initializer;    // runs once in each worker after it entered the unit
     std::optional<std::chrono::milliseconds> task_timeout;  // a task running longer fails with TaskTimeout
+    // A task that goes longer than this without calling sdfutures::this_task::heartbeat() (from its start, then
+    // from each call) fails with TaskStalled, its worker killed and replaced. Unlike task_timeout, a task that
+    // keeps calling heartbeat() runs as long as it takes. std::nullopt: no heartbeat is watched.
+    std::optional<std::chrono::milliseconds> heartbeat_timeout;
     // How long the destructor waits for unfinished tasks before it kills the workers (their futures then fail
     // with TaskCancelled). std::nullopt: wait as long as they take.
     std::optional<std::chrono::milliseconds> shutdown_timeout = std::chrono::seconds(30);

@@ -15,4 +15,5 @@
 #include "sdfutures/properties.hpp"
 #include "sdfutures/start_method.hpp"
 #include "sdfutures/system_info.hpp"
+#include "sdfutures/this_task.hpp"
 #include "sdfutures/unit.hpp"
