@@ -38,6 +38,10 @@
 
 namespace sdfutures {
 
+namespace detail {
+struct CommandSteps;  // the steps of Command::start(), in src/
+}
+
 // How a command ended. Filled in from the unit's properties after it became inactive or failed.
 struct CommandResult {
     std::string unit;                // the unit it ran in (already collected)
@@ -185,6 +189,7 @@ private:
         std::optional<std::size_t> max_bytes;
     };
     friend class CommandProcess;
+    friend struct detail::CommandSteps;
 
     std::vector<std::string> argv_;
     Properties properties_;
@@ -228,6 +233,7 @@ public:
 
 private:
     friend class Command;
+    friend struct detail::CommandSteps;
     struct Impl;
     explicit CommandProcess(std::unique_ptr<Impl> impl);
     Impl& impl() const;

@@ -1,0 +1,183 @@
+// Command: how it ended. Once the unit is inactive or failed, its Service properties are read and decoded
+// into a CommandResult, or into CommandStartFailed when systemd never got the program running; then the
+// reference that kept the unit loaded is dropped so that systemd collects it.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <limits>
+#include <map>
+
+#include "anchored_unit.hpp"
+#include "command_impl.hpp"
+
+namespace sdfutures {
+
+using detail::kManagerInterface;
+using detail::kPropertiesInterface;
+using detail::kServiceInterface;
+using detail::kUnitInterface;
+
+namespace {
+
+// After Unref a collectable unit is freed in the manager's next loop iteration; this only bounds the wait
+// when something else (another client's Ref) keeps it loaded.
+constexpr auto kCollectWait = std::chrono::seconds(5);
+
+std::string signal_name(int sig) {
+    const char* abbrev = sigabbrev_np(sig);
+    return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
+}
+
+// One property of a GetAll answer, or `fallback` when it is missing or of another type.
+template <class T>
+T property_or(const std::map<std::string, sdbus::Variant>& props, const char* name, T fallback) {
+    auto it = props.find(name);
+    if (it == props.end()) return fallback;
+    try {
+        return it->second.get<T>();
+    } catch (const sdbus::Error&) {
+        return fallback;
+    }
+}
+
+}  // namespace
+
+CommandStartFailed::CommandStartFailed(std::string unit, std::string job_result, std::string program,
+                                       std::string unit_result, std::optional<int> exec_status, const std::string& cause)
+    : JobFailed(std::move(unit), "start", std::move(job_result)), program_(std::move(program)), unit_result_(std::move(unit_result)),
+      exec_status_(exec_status) {
+    message_ = "systemd could not start '" + program_ + "' in unit '" + this->unit() + "': the start job ended with '" +
+               this->result() + "'";
+    if (!unit_result_.empty()) message_ += ", Result=" + unit_result_;
+    if (exec_status_) {
+        message_ += ", exit status " + exit_status_text(*exec_status_);
+        if (std::string_view meaning = exit_status_meaning(*exec_status_); !meaning.empty())
+            message_ += ": " + std::string(meaning);
+    }
+    if (!cause.empty()) message_ += ", caused by " + cause;
+}
+
+std::string CommandResult::status_text() const {
+    std::string text;
+    if (exit_code) text = "exited with code " + std::to_string(*exit_code);
+    else if (signal) text = "killed by signal " + signal_name(*signal) + (core_dumped ? " (core dumped)" : "");
+    else text = "did not run";
+    if (timed_out) text += ", stopped after the timeout";
+    else if (stopped) text += ", stopped on request";
+    return text;
+}
+
+void CommandProcess::Impl::finish() {
+    drain_pipes();
+    std::map<std::string, sdbus::Variant> props;
+    std::exception_ptr error;
+    try {
+        props = detail::translate_errors("GetAll " + std::string(kServiceInterface) + " of " + unit, [&] {
+            std::map<std::string, sdbus::Variant> p;
+            unit_proxy->callMethod("GetAll").onInterface(kPropertiesInterface)
+                .withArguments(std::string(kServiceInterface)).storeResultsTo(p);
+            return p;
+        });
+    } catch (...) {
+        error = std::current_exception();
+    }
+    properties_match.reset();
+    release_unit();
+
+    auto get = [&]<class T>(const char* name, T fallback) -> T { return property_or(props, name, fallback); };
+    int32_t code = get("ExecMainCode", int32_t{0});
+    int32_t status = get("ExecMainStatus", int32_t{0});
+    std::string unit_result = get("Result", std::string());
+    // A failed start job alone does not mean the program never ran: under Type=exec, a program that
+    // fails within moments can end the unit before systemd has seen its execve() succeed. It never ran
+    // when no process ended at all, or when the process ended with one of systemd's own setup-failure
+    // statuses (200..243), which a program could only imitate by exiting with one at once.
+    bool setup_status = code == 1 && status >= 200 && status <= 243;
+    bool start_failed = *start_job_result != "done" && !(stopped && *start_job_result == "canceled") &&
+                        (code == 0 || setup_status);
+    if (error) {
+        failure = error;
+    } else if (start_failed) {
+        std::string cause;
+        if (setup_status) {  // the same naming of the property behind the status as for processes and pools
+            detail::ExitStatusCause c = detail::exit_status_cause(status, properties);
+            if (!c.property.empty()) cause = c.note.empty() ? c.property : c.property + " (" + c.note + ")";
+        }
+        failure = std::make_exception_ptr(CommandStartFailed(unit, *start_job_result, program, unit_result,
+                                                             setup_status ? std::optional<int>(status) : std::nullopt,
+                                                             cause));
+    } else {
+        CommandResult r;
+        r.unit = unit;
+        if (code == 1) r.exit_code = status;                // CLD_EXITED
+        if (code == 2 || code == 3) r.signal = status;      // CLD_KILLED, CLD_DUMPED
+        r.core_dumped = code == 3;
+        r.unit_result = unit_result;
+        constexpr uint64_t not_set = std::numeric_limits<uint64_t>::max();
+        if (uint64_t cpu = get("CPUUsageNSec", not_set); cpu != not_set) r.cpu_time = std::chrono::nanoseconds(cpu);
+        if (uint64_t peak = get("MemoryPeak", not_set); peak != not_set) r.memory_peak = peak;
+        uint64_t started = get("ExecMainStartTimestampMonotonic", uint64_t{0});
+        uint64_t exited = get("ExecMainExitTimestampMonotonic", uint64_t{0});
+        if (started && exited >= started) r.run_time = std::chrono::microseconds(exited - started);
+        r.captured_stdout = std::move(out.data);
+        r.captured_stderr = std::move(err.data);
+        r.stdout_truncated = out.truncated;
+        r.stderr_truncated = err.truncated;
+        r.stopped = stopped;
+        r.timed_out = timed_out;
+        result = std::move(r);
+    }
+    finished = true;
+    for (auto& w : stop_waiters) answer(*w);
+    for (auto& w : deferred_kills) answer(*w);
+    stop_waiters.clear();
+    deferred_kills.clear();
+}
+
+void CommandProcess::Impl::release_unit() {
+    auto& state = bus.state();
+    detail::RemovalWatch watch(state, unit);
+    try {
+        unit_proxy->callMethod("Unref").onInterface(kUnitInterface);
+    } catch (const sdbus::Error& e) {
+        // Already unloaded (NoSuchUnit) or never referenced: either way nothing of ours keeps it.
+        if (e.getName() == "org.freedesktop.systemd1.NoSuchUnit") return;
+    }
+    bool loaded = true;
+    try {
+        sdbus::ObjectPath path;
+        state.manager->callMethod("GetUnit").onInterface(kManagerInterface).withArguments(unit).storeResultsTo(path);
+    } catch (const sdbus::Error&) {
+        loaded = false;
+    }
+    if (loaded) watch.wait(std::chrono::steady_clock::now() + kCollectWait);
+}
+
+void CommandProcess::Impl::abandon() noexcept {
+    if (!started) return;
+    auto& state = bus.state();
+    std::lock_guard lock(state.mutex);
+    if (getpid() != state.owner_pid) {
+        // A forked child: the connection belongs to the parent and must not be touched.
+        (void)properties_match.release();
+        (void)unit_proxy.release();
+        return;
+    }
+    if (!finished) {
+        try {
+            if (!start_job.empty()) state.awaited_jobs.erase(start_job);
+            if (!stop_job.empty()) state.awaited_jobs.erase(stop_job);
+            properties_match.reset();
+            state.manager->callMethod("StopUnit").onInterface(kManagerInterface)
+                .withArguments(unit, std::string("replace"));
+            unit_proxy->callMethod("Unref").onInterface(kUnitInterface);
+        } catch (...) {
+            // Best effort: the reference ends with the connection in any case.
+        }
+    }
+    properties_match.reset();
+    unit_proxy.reset();
+}
+
+}  // namespace sdfutures
