@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 
 #include "command_impl.hpp"
 
@@ -25,9 +26,6 @@ std::string join_argv(const std::vector<std::string>& argv) {
 const std::map<std::string, std::string, std::less<>>& reserved_properties() {
     static const std::map<std::string, std::string, std::less<>> m = {
         {"ExecStart", "the program is Command's argv"},
-        {"Type", "a Command always runs as Type=exec, so that a program that cannot be executed fails the start"},
-        {"RemainAfterExit", "the unit must become inactive when the program ends, or the wait would not end"},
-        {"Restart", "a Command runs its program once"},
         {"CollectMode", "a Command's unit is always collected after its result is read"},
         {"AddRef", "Command holds the reference that keeps the unit readable until its result is read"},
         {"StandardInput", "use stdin_from/stdin_from_fd/stdin_from_null/inherit_stdin"},
@@ -42,9 +40,26 @@ const std::map<std::string, std::string, std::less<>>& reserved_properties() {
     return m;
 }
 
-void check_not_reserved(const std::string& name) {
+// The service types whose main process is the program Command started, so that its end is the command's.
+// forking and dbus are not: the first makes a daemon's child the main process, the second waits for a bus name.
+void check_service_type(const std::string& type) {
+    static const std::set<std::string, std::less<>> supported = {"simple", "exec", "notify", "notify-reload", "oneshot"};
+    if (!supported.contains(type))
+        throw UnsupportedProperty("Type", "a Command runs Type=simple, exec, notify, notify-reload or oneshot, not '" +
+                                              type + "' (its main process must be the program it started)");
+}
+
+// `value`: the unit-file text, or a typed value's string; nullopt for a typed value of another type, which
+// systemd checks at start.
+void check_settable(const std::string& name, const std::optional<std::string>& value) {
     auto it = reserved_properties().find(name);
     if (it != reserved_properties().end()) throw UnsupportedProperty(name, it->second);
+    if (name == "Type" && value) check_service_type(*value);
+}
+
+std::optional<std::string> text_of_typed(const sdbus::Variant& value) {
+    if (value.containsValueOfType<std::string>()) return value.get<std::string>();
+    return std::nullopt;
 }
 
 bool valid_env_name(const std::string& name) {
@@ -61,19 +76,19 @@ Command::Command(std::vector<std::string> argv) : argv_(std::move(argv)) {
 }
 
 Command& Command::property(std::string name, std::string value) {
-    check_not_reserved(name);
+    check_settable(name, value);
     properties_.set(std::move(name), std::move(value));
     return *this;
 }
 
 Command& Command::typed_property(std::string name, sdbus::Variant value) {
-    check_not_reserved(name);
+    check_settable(name, text_of_typed(value));
     properties_.set_typed(std::move(name), std::move(value));
     return *this;
 }
 
 Command& Command::properties(const Properties& properties) {
-    for (auto& e : properties.entries()) check_not_reserved(e.name);
+    for (auto& e : properties.entries()) check_settable(e.name, e.typed ? text_of_typed(*e.typed) : e.text);
     for (auto& e : properties.entries()) {
         if (e.typed) properties_.set_typed(e.name, *e.typed);
         else properties_.set(e.name, e.text);
@@ -130,6 +145,21 @@ Command& Command::stderr_to_stdout() { stderr_ = {Stream::to_stdout}; return *th
 // ---------------------------------------------------------------------------------------------------------
 // The unit's properties
 
+std::string detail::service_type(const Properties& properties) {
+    return property_text(properties, "Type").value_or("exec");
+}
+
+std::optional<std::string> detail::property_text(const Properties& properties, std::string_view name) {
+    std::optional<std::string> text;
+    for (const auto& e : properties.entries()) {
+        if (e.name != name) continue;
+        if (!e.typed) text = e.text;
+        else if (e.typed->containsValueOfType<bool>()) text = e.typed->get<bool>() ? "yes" : "no";
+        else text = text_of_typed(*e.typed);
+    }
+    return text;
+}
+
 std::vector<DbusProperty> detail::CommandSteps::unit_properties(const Command& command, const std::string& program) {
     const Properties& own_properties = command.properties_;
     std::vector<DbusProperty> props;
@@ -142,8 +172,9 @@ std::vector<DbusProperty> detail::CommandSteps::unit_properties(const Command& c
     props.insert(props.end(), std::make_move_iterator(own.begin()), std::make_move_iterator(own.end()));
     using Exec = sdbus::Struct<std::string, std::vector<std::string>, bool>;
     add("ExecStart", sdbus::Variant(std::vector<Exec>{Exec{program, escape_for_exec(command.argv_), false}}));
-    // exec: the start job ends only once execve() succeeded, so a program systemd cannot run fails the start.
-    add("Type", sdbus::Variant(std::string("exec")));
+    // exec unless told otherwise: the start job ends only once execve() succeeded, so a program systemd cannot
+    // run fails the start.
+    if (!own_properties.contains("Type")) add("Type", sdbus::Variant(std::string("exec")));
     add("AddRef", sdbus::Variant(true));
     add("CollectMode", sdbus::Variant(std::string("inactive-or-failed")));
     if (!command.environment_.empty()) add("Environment", sdbus::Variant(command.environment_));

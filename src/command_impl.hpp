@@ -39,6 +39,13 @@ struct Pipe {
 Pipe make_pipe();
 void set_nonblocking(int fd);
 
+// ---- the builder (command.cpp)
+
+// The last value given for `name`, in unit-file syntax (a typed string or boolean too); nullopt when none.
+std::optional<std::string> property_text(const Properties& properties, std::string_view name);
+// Type= as the unit gets it: the caller's, or exec.
+std::string service_type(const Properties& properties);
+
 // ---- program lookup (command_program.cpp)
 
 // argv[0] checked as systemd would when it executes it, so that a typo fails here, naming the program,
@@ -80,8 +87,11 @@ struct CommandProcess::Impl {
 
     // Written by the PropertiesChanged handler, which runs in whichever thread dispatches the bus; read by
     // the serving thread. Both hold the bus lock.
-    std::string active_state;
+    std::string active_state, sub_state;
     bool active_state_stale = false;
+    bool state_was_read = false;     // the states above come from a Get, not from a signal
+    bool remain_after_exit = false;  // RemainAfterExit=yes: the unit stays active after the program's end
+    bool restart_configured = false;  // Restart= other than no: a run's end may be followed by another run
 
     // From here to the control block: touched only by the serving thread, under the bus lock.
     std::string start_job, stop_job;  // paths awaited in BusState::awaited_jobs; empty once finished
@@ -98,6 +108,7 @@ struct CommandProcess::Impl {
     std::exception_ptr failure;
     std::atomic<bool> finished{false};
     bool started = false;  // StartTransientUnit succeeded: there is a unit to stop or release
+    bool remains_active = false;  // finished, and the unit remains active (RemainAfterExit=yes) until abandon()
 
     // Control: who serves, and what other threads asked of it. Taken after the bus lock, never before it.
     std::mutex control;
@@ -117,8 +128,11 @@ struct CommandProcess::Impl {
 
     // StartTransientUnit, with the unit's signals matched first; its start job is then awaited.
     void start_unit(const std::vector<DbusProperty>& props);
-    // Follows ActiveState from the unit's PropertiesChanged signals.
+    // Follows ActiveState and SubState from the unit's PropertiesChanged signals.
     void on_properties_changed(sdbus::Message& msg);
+    // Serves until the start job has ended (the service is ready: exec'd, READY=1 sent, or, for oneshot,
+    // exited), and further until the unit has ended when the job failed. Throws the start failure.
+    void wait_until_started();
 
     // ---- entering and leaving the serving role (command_loop.cpp)
 
@@ -166,6 +180,9 @@ namespace sdfutures::detail {
 struct CommandSteps {
     // A handle for a unit yet to be started, with its wake-up eventfd (command_start.cpp).
     static std::unique_ptr<CommandProcess::Impl> new_process(const Command& command, Bus bus, std::string program);
+    // "stdout, stderr as descriptors": the streams systemd gets as descriptors (captured, fed, given, inherited);
+    // empty when none is (command_start.cpp).
+    static std::string streams_as_descriptors(const Command& command);
     // The descriptors given to the stream setters are open (command_start.cpp).
     static void check_stream_descriptors(const Command& command);
     // Everything the unit is started with but its streams: the caller's properties after Command's defaults,

@@ -310,18 +310,30 @@ void CommandProcess::Impl::progress() {
     }
     take_job_result(stop_job);
     if (!start_job_result) return;
+    // Under Restart=, systemd before 254 passes a run's end through failed (or dead) before auto-restart, and
+    // signals it: only a state read afterwards tells whether the unit has ended or is restarting.
+    bool run_ended = active_state == "inactive" || active_state == "failed";
+    if (restart_configured && run_ended && !state_was_read) active_state_stale = true;
     if (active_state_stale) {
-        active_state = detail::translate_errors("Get ActiveState of " + unit, [&] {
-            sdbus::Variant v;
-            unit_proxy->callMethod("Get").onInterface(kPropertiesInterface)
-                .withArguments(std::string(kUnitInterface), std::string("ActiveState")).storeResultsTo(v);
-            return v.get<std::string>();
-        });
+        auto get = [&](const char* name) {
+            return detail::translate_errors("Get " + std::string(name) + " of " + unit, [&] {
+                sdbus::Variant v;
+                unit_proxy->callMethod("Get").onInterface(kPropertiesInterface)
+                    .withArguments(std::string(kUnitInterface), std::string(name)).storeResultsTo(v);
+                return v.get<std::string>();
+            });
+        };
+        active_state = get("ActiveState");
+        sub_state = get("SubState");
         active_state_stale = false;
+        state_was_read = true;
     }
     // Also after a failed start job: the job may end (on a start timeout, say) before the processes do.
     bool ended = active_state == "inactive" || active_state == "failed";
-    if (!ended || !stop_job.empty()) return;
+    // RemainAfterExit=yes: the program has ended when the service stays active in its "exited" state.
+    bool remains = remain_after_exit && active_state == "active" && sub_state == "exited";
+    if (!(ended || remains) || !stop_job.empty()) return;
+    remains_active = remains;
     finish();
 }
 

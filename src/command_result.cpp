@@ -83,7 +83,8 @@ void CommandProcess::Impl::finish() {
         error = std::current_exception();
     }
     properties_match.reset();
-    release_unit();
+    // A unit that remains active keeps this client's reference until the handle goes (abandon() stops it).
+    if (!remains_active) release_unit();
 
     auto get = [&]<class T>(const char* name, T fallback) -> T { return property_or(props, name, fallback); };
     int32_t code = get("ExecMainCode", int32_t{0});
@@ -126,6 +127,8 @@ void CommandProcess::Impl::finish() {
         r.stderr_truncated = err.truncated;
         r.stopped = stopped;
         r.timed_out = timed_out;
+        r.restarts = get("NRestarts", uint32_t{0});
+        r.remains_active = remains_active;
         result = std::move(r);
     }
     finished = true;
@@ -174,6 +177,18 @@ void CommandProcess::Impl::abandon() noexcept {
             unit_proxy->callMethod("Unref").onInterface(kUnitInterface);
         } catch (...) {
             // Best effort: the reference ends with the connection in any case.
+        }
+    } else if (remains_active) {
+        // The program has ended; only the unit's "active" remains, so stopping it is immediate. Waited for,
+        // so that no unit outlives its handle.
+        try {
+            detail::RemovalWatch watch(state, unit);
+            state.manager->callMethod("StopUnit").onInterface(kManagerInterface)
+                .withArguments(unit, std::string("replace"));
+            unit_proxy->callMethod("Unref").onInterface(kUnitInterface);
+            watch.wait(std::chrono::steady_clock::now() + kCollectWait);
+        } catch (...) {
+            // Best effort, as above.
         }
     }
     properties_match.reset();

@@ -70,6 +70,20 @@ void check_identity_properties(const Bus& bus, const Properties& properties) {
     }
 }
 
+std::string CommandSteps::streams_as_descriptors(const Command& command) {
+    auto by_descriptor = [](const Command::StreamSpec& s) {
+        return s.kind == Command::Stream::fd || s.kind == Command::Stream::capture || s.kind == Command::Stream::data ||
+               s.kind == Command::Stream::inherit;
+    };
+    std::string names;
+    auto add = [&](const char* name) { names += (names.empty() ? "" : ", ") + std::string(name); };
+    if (by_descriptor(command.stdin_)) add("stdin");
+    if (by_descriptor(command.stdout_)) add("stdout");
+    if (by_descriptor(command.stderr_) || (command.stderr_.kind == Command::Stream::to_stdout && by_descriptor(command.stdout_)))
+        add("stderr");
+    return names.empty() ? names : names + " as descriptors";
+}
+
 void CommandSteps::check_stream_descriptors(const Command& command) {
     for (const auto* s : {&command.stdin_, &command.stdout_, &command.stderr_})
         if (s->kind == Command::Stream::fd && ::fcntl(s->fd, F_GETFD) < 0)
@@ -81,13 +95,20 @@ void CommandSteps::check_stream_descriptors(const Command& command) {
 
 namespace {
 
-// What the manager and the cgroup layout must offer: Type=exec, and whatever the caller's properties need
+// What the manager and the cgroup layout must offer: the service type (Type=exec, Type=notify-reload), and whatever the caller's properties need
 // (MemoryHigh= on a v1 memory controller would be accepted and do nothing).
-void check_manager_offers(const Bus& bus, const Properties& properties) {
+// `stream_fds`: the names of the streams passed to systemd as descriptors ("stdout (captured)"), if any.
+void check_manager_offers(const Bus& bus, const Properties& properties, const std::string& stream_fds) {
     detail::check_identity_properties(bus, properties);
     const SystemInfo info = system_info(bus);
-    require(Requirement::exec_service_type, info);
+    if (detail::service_type(properties) == "exec") require(Requirement::exec_service_type, info);
     require_properties(properties, info);
+    const std::string restart = detail::property_text(properties, "Restart").value_or("no");
+    if (restart != "no" && !stream_fds.empty())
+        if (auto why = unmet_requirement(Requirement::restart_keeping_stream_fds, info, "Restart=" + restart + " with " + stream_fds))
+            throw Unsupported(*why + "; systemd closes the descriptors when the first run ends, so later runs would "
+                                     "not write to them: use stdout_to_journal()/stdout_to_null() (and the same for "
+                                     "stdin and stderr)");
 }
 
 }  // namespace
@@ -99,6 +120,8 @@ std::unique_ptr<CommandProcess::Impl> detail::CommandSteps::new_process(const Co
     impl->object_path = unit_object_path(impl->unit);
     impl->program = std::move(program);
     impl->properties = command.properties_;
+    impl->restart_configured = property_text(command.properties_, "Restart").value_or("no") != "no";
+    impl->remain_after_exit = parse::boolean("RemainAfterExit", property_text(command.properties_, "RemainAfterExit").value_or("no"));
     int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake < 0) throw Error("cannot create an eventfd: " + errno_text(errno));
     impl->wake = detail::OwnedFd(wake);
@@ -112,10 +135,16 @@ void CommandProcess::Impl::on_properties_changed(sdbus::Message& msg) {
         std::vector<std::string> invalidated;
         msg >> interface >> changed >> invalidated;
         if (interface != kUnitInterface) return;
-        if (auto it = changed.find("ActiveState"); it != changed.end()) {
-            active_state = it->second.get<std::string>();
+        // systemd sends both together; either one missing means reading them again.
+        auto active = changed.find("ActiveState");
+        auto sub = changed.find("SubState");
+        if (active != changed.end() && sub != changed.end()) {
+            active_state = active->second.get<std::string>();
+            sub_state = sub->second.get<std::string>();
             active_state_stale = false;
-        } else if (std::find(invalidated.begin(), invalidated.end(), "ActiveState") != invalidated.end()) {
+            state_was_read = false;
+        } else if (active != changed.end() || sub != changed.end() ||
+                   std::find(invalidated.begin(), invalidated.end(), "ActiveState") != invalidated.end()) {
             active_state_stale = true;
         }
     } catch (const sdbus::Error&) {
@@ -154,13 +183,27 @@ void CommandProcess::Impl::start_unit(const std::vector<DbusProperty>& props) {
     }
 }
 
+void CommandProcess::Impl::wait_until_started() {
+    // Only this thread knows the handle yet: it becomes the server at once.
+    become_server(std::nullopt);
+    serve(std::nullopt, [&] { return start_job_result.has_value() || finished.load(); });
+    if (start_job_result != "done" && !finished) {
+        // The unit's end says why: a start failure (thrown here), or a program that ran and failed at once,
+        // whose result wait() gives.
+        become_server(std::nullopt);
+        serve(std::nullopt, [&] { return finished.load(); });
+    }
+    std::lock_guard lock(control);
+    if (failure) std::rethrow_exception(failure);
+}
+
 CommandProcess Command::start() const {
     // Everything that can be checked here is, before systemd sees anything.
     std::string program = detail::resolve_program(argv_.front(), properties_);
     detail::CommandSteps::check_stream_descriptors(*this);
     std::vector<DbusProperty> props = detail::CommandSteps::unit_properties(*this, program);
     Bus bus = bus_ ? *bus_ : Bus::automatic();
-    check_manager_offers(bus, properties_);
+    check_manager_offers(bus, properties_, detail::CommandSteps::streams_as_descriptors(*this));
 
     auto impl = detail::CommandSteps::new_process(*this, std::move(bus), std::move(program));
     // The program's ends of the pipes live only in `props` (as sd-bus copies) until the call has been made.
@@ -169,6 +212,7 @@ CommandProcess Command::start() const {
     // systemd holds its own copies now; ours would keep the pipes from reaching end of file.
     props.clear();
     if (impl->stdin_fd && impl->stdin_data->empty()) impl->stdin_fd.reset();
+    impl->wait_until_started();
     return CommandProcess(std::move(impl));
 }
 
