@@ -22,6 +22,7 @@
 #include "bus_state.hpp"
 #include "fd_util.hpp"
 #include "sdfutures/command.hpp"
+#include "sdfutures/system_info.hpp"
 
 namespace sdfutures::detail {
 
@@ -102,6 +103,7 @@ struct CommandProcess::Impl {
     std::shared_ptr<const std::string> stdin_data;
     size_t stdin_written = 0;
     Capture out, err;
+    std::string peak_file;  // record_memory_peak()'s file, removed once read (or when the handle goes)
 
     std::optional<CommandResult> result;
     bool result_taken = false;
@@ -161,6 +163,11 @@ struct CommandProcess::Impl {
     void drain_pipes();
 
     // ---- the end (command_result.cpp)
+
+    // Where the manager records no MemoryPeak= (systemd < 255) and the memory controller is a v1 one, whose
+    // cgroup is removed before the end is reported: an ExecStopPost=, run while the cgroup still exists,
+    // copies its memory.max_usage_in_bytes to `peak_file`, which finish() reads.
+    void record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props);
 
     // The unit has ended: reads its properties, releases it, and settles `result` or `failure`.
     void finish();

@@ -1,9 +1,12 @@
 // Command: how it ended. Once the unit is inactive or failed, its Service properties are read and decoded
 // into a CommandResult, or into CommandStartFailed when systemd never got the program running; then the
 // reference that kept the unit loaded is dropped so that systemd collects it.
+#include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -27,6 +30,29 @@ constexpr auto kCollectWait = std::chrono::seconds(5);
 std::string signal_name(int sig) {
     const char* abbrev = sigabbrev_np(sig);
     return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
+}
+
+// The privileged ExecStopPost= of record_memory_peak(): the shell's builtins alone, so that it needs nothing but
+// /bin/sh. It runs in the unit's cgroups, so /proc/self/cgroup names the one to read. It writes only into a file
+// that still exists: a handle that went first has removed it, and nothing is to be left behind.
+constexpr const char* kPeakScript =
+    "while IFS=: read -r _ controllers path; do"
+    "  if [ \"$controllers\" = memory ]; then"
+    "    read -r peak < \"/sys/fs/cgroup/memory$path/memory.max_usage_in_bytes\" &&"
+    "      [ -e \"$1\" ] && echo \"$peak\" > \"$1\";"
+    "  fi;"
+    "done < /proc/self/cgroup";
+
+std::optional<uint64_t> read_peak_file(const std::string& path) {
+    std::string text(32, '\0');
+    detail::OwnedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return std::nullopt;
+    ssize_t n = ::read(fd.get(), text.data(), text.size());
+    if (n <= 0) return std::nullopt;
+    uint64_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + n, value);
+    if (ec != std::errc() || end == text.data()) return std::nullopt;
+    return value;
 }
 
 // One property of a GetAll answer, or `fallback` when it is missing or of another type.
@@ -66,6 +92,22 @@ std::string CommandResult::status_text() const {
     if (timed_out) text += ", stopped after the timeout";
     else if (stopped) text += ", stopped on request";
     return text;
+}
+
+void CommandProcess::Impl::record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props) {
+    // systemd >= 255 has MemoryPeak=; on the unified hierarchy the v1 file does not exist.
+    if (info.systemd_version >= 255 || info.cgroup_layout == CgroupLayout::unified) return;
+    char path[] = "/tmp/sdfutures-cmd-peak-XXXXXX";
+    int fd = ::mkostemp(path, O_CLOEXEC);
+    if (fd < 0) return;  // best effort: the result then has no memory_peak, as without this
+    ::close(fd);
+    peak_file = path;
+    // privileged ("+"): outside the unit's sandbox and namespaces, so it can read the cgroup file and write
+    // ours whatever the program may; ignore-failure ("-"): its end does not change the unit's Result=.
+    using ExecEx = sdbus::Struct<std::string, std::vector<std::string>, std::vector<std::string>>;
+    std::vector<std::string> argv = detail::escape_for_exec({"/bin/sh", "-c", kPeakScript, "sh", peak_file});
+    props.emplace_back("ExecStopPostEx", sdbus::Variant(std::vector<ExecEx>{
+                                             ExecEx{"/bin/sh", argv, {"privileged", "ignore-failure"}}}));
 }
 
 void CommandProcess::Impl::finish() {
@@ -118,6 +160,7 @@ void CommandProcess::Impl::finish() {
         constexpr uint64_t not_set = std::numeric_limits<uint64_t>::max();
         if (uint64_t cpu = get("CPUUsageNSec", not_set); cpu != not_set) r.cpu_time = std::chrono::nanoseconds(cpu);
         if (uint64_t peak = get("MemoryPeak", not_set); peak != not_set) r.memory_peak = peak;
+        if (!peak_file.empty() && !r.memory_peak) r.memory_peak = read_peak_file(peak_file);
         uint64_t started = get("ExecMainStartTimestampMonotonic", uint64_t{0});
         uint64_t exited = get("ExecMainExitTimestampMonotonic", uint64_t{0});
         if (started && exited >= started) r.run_time = std::chrono::microseconds(exited - started);
@@ -131,6 +174,8 @@ void CommandProcess::Impl::finish() {
         r.remains_active = remains_active;
         result = std::move(r);
     }
+    if (!peak_file.empty()) ::unlink(peak_file.c_str());
+    peak_file.clear();
     finished = true;
     for (auto& w : stop_waiters) answer(*w);
     for (auto& w : deferred_kills) answer(*w);
@@ -158,6 +203,7 @@ void CommandProcess::Impl::release_unit() {
 }
 
 void CommandProcess::Impl::abandon() noexcept {
+    if (!peak_file.empty()) ::unlink(peak_file.c_str());  // a handle that ends before its unit, or never started one
     if (!started) return;
     auto& state = bus.state();
     std::lock_guard lock(state.mutex);

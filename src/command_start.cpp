@@ -98,7 +98,7 @@ namespace {
 // What the manager and the cgroup layout must offer: the service type (Type=exec, Type=notify-reload), and whatever the caller's properties need
 // (MemoryHigh= on a v1 memory controller would be accepted and do nothing).
 // `stream_fds`: the names of the streams passed to systemd as descriptors ("stdout (captured)"), if any.
-void check_manager_offers(const Bus& bus, const Properties& properties, const std::string& stream_fds) {
+SystemInfo check_manager_offers(const Bus& bus, const Properties& properties, const std::string& stream_fds) {
     detail::check_identity_properties(bus, properties);
     const SystemInfo info = system_info(bus);
     if (detail::service_type(properties) == "exec") require(Requirement::exec_service_type, info);
@@ -109,6 +109,7 @@ void check_manager_offers(const Bus& bus, const Properties& properties, const st
             throw Unsupported(*why + "; systemd closes the descriptors when the first run ends, so later runs would "
                                      "not write to them: use stdout_to_journal()/stdout_to_null() (and the same for "
                                      "stdin and stderr)");
+    return info;
 }
 
 }  // namespace
@@ -203,11 +204,12 @@ CommandProcess Command::start() const {
     detail::CommandSteps::check_stream_descriptors(*this);
     std::vector<DbusProperty> props = detail::CommandSteps::unit_properties(*this, program);
     Bus bus = bus_ ? *bus_ : Bus::automatic();
-    check_manager_offers(bus, properties_, detail::CommandSteps::streams_as_descriptors(*this));
+    const SystemInfo info = check_manager_offers(bus, properties_, detail::CommandSteps::streams_as_descriptors(*this));
 
     auto impl = detail::CommandSteps::new_process(*this, std::move(bus), std::move(program));
     // The program's ends of the pipes live only in `props` (as sd-bus copies) until the call has been made.
     detail::CommandSteps::connect_streams(*this, props, *impl);
+    impl->record_memory_peak(info, props);
     impl->start_unit(props);
     // systemd holds its own copies now; ours would keep the pipes from reaching end of file.
     props.clear();

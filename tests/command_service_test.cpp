@@ -314,5 +314,29 @@ TEST_F(CommandServiceTest, RemainAfterExitReportsTheUnitActiveAndDestructionStop
     EXPECT_EQ(plain.restarts, 0U);
 }
 
+// ---- peak memory where systemd records none
+
+// systemd 252 has no MemoryPeak=, and the v1 memory cgroup of a service is gone when its end is reported; the
+// privileged ExecStopPost= Command adds reads it first. dd touches every byte of its 64 MiB buffer.
+TEST_F(CommandServiceTest, PeakMemoryIsReportedWhereTheManagerRecordsNone) {
+    constexpr uint64_t kMiB = 1024 * 1024;
+    CommandResult big = Command({"/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"}).stderr_to_null().run(60s);
+    ASSERT_TRUE(big.success()) << big.status_text();
+    ASSERT_TRUE(big.memory_peak.has_value());
+    EXPECT_GE(*big.memory_peak, 64 * kMiB);
+    EXPECT_LT(*big.memory_peak, 1024 * kMiB);
+    CommandResult small = Command({"/bin/true"}).run(60s);
+    ASSERT_TRUE(small.memory_peak.has_value());
+    EXPECT_LT(*small.memory_peak, 32 * kMiB);
+    // A sandbox the program runs in does not keep the privileged reader from the cgroup.
+    CommandResult sandboxed = Command({"/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"})
+                                  .property("PrivateTmp", "yes")
+                                  .property("ProtectSystem", "strict")
+                                  .stderr_to_null()
+                                  .run(60s);
+    ASSERT_TRUE(sandboxed.memory_peak.has_value()) << sandboxed.status_text();
+    EXPECT_GE(*sandboxed.memory_peak, 64 * kMiB);
+}
+
 }  // namespace
 }  // namespace sdfutures

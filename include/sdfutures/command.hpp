@@ -55,7 +55,10 @@ struct CommandResult {
     // CPUUsageNSec=, when the manager accounted it (CPUAccounting=yes is set unless you set it yourself; a
     // manager without a usable cpu controller, e.g. a user manager on cgroup v1, reports nothing).
     std::optional<std::chrono::nanoseconds> cpu_time;
-    // MemoryPeak= in bytes, when the manager has that property (systemd >= 255) and accounted it.
+    // Peak memory in bytes (page cache included): MemoryPeak= where the manager has it (systemd >= 255); on an
+    // older manager with a v1 memory controller, the cgroup's memory.max_usage_in_bytes, copied by a privileged
+    // ExecStopPost= (/bin/sh) that Command adds while the cgroup still exists (it is gone when the end is
+    // reported). Of the last run under Restart=; none with RemainAfterExit=yes or when unaccounted.
     std::optional<uint64_t> memory_peak;
     // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
     std::optional<std::chrono::microseconds> run_time;
