@@ -225,12 +225,13 @@ TEST_F(CommandServiceTest, AProgramThatStopsPingingTheWatchdogEndsWithResultWatc
 }
 
 TEST_F(CommandServiceTest, AProgramThatKeepsPingingOutlivesItsWatchdog) {
+    // Pinged every second (half the interval) for twice the interval: generous for a loaded machine.
     CommandResult r = Command({kHelper, "keep-pinging"})
                           .property("Type", "notify")
                           .property("NotifyAccess", "main")
-                          .property("WatchdogSec", "1")
+                          .property("WatchdogSec", "2")
                           .property("LimitCORE", "0")
-                          .run(3s);
+                          .run(4s);
     EXPECT_TRUE(r.timed_out) << r.unit_result << ", " << r.status_text();
     EXPECT_NE(r.unit_result, "watchdog");
     expect_gone(r.unit);
