@@ -118,7 +118,6 @@ struct CommandProcess::Impl {
     bool serving = false;
     std::vector<std::shared_ptr<Request>> requests;      // not yet carried out
     std::vector<std::shared_ptr<Request>> stop_waiters;  // stop sent; answered when the command has finished
-    std::vector<std::shared_ptr<Request>> deferred_kills;  // kills waiting for the start job to have run
     OwnedFd wake;                                         // eventfd: a request is waiting
 
     explicit Impl(Bus b) : bus(std::move(b)) {}

@@ -144,7 +144,7 @@ void CommandProcess::Impl::serve(detail::Deadline deadline, const std::function<
             }
             carry_out_requests();
             progress();
-            bool more_requests;  // e.g. kills progress() released once the start job ended
+            bool more_requests;  // requests that arrived while this round ran
             {
                 std::lock_guard lock(control);
                 more_requests = !requests.empty();
@@ -161,10 +161,8 @@ void CommandProcess::Impl::serve(detail::Deadline deadline, const std::function<
         std::lock_guard lock(control);
         for (auto& r : requests) r->done.set_exception(std::current_exception());
         for (auto& r : stop_waiters) r->done.set_exception(std::current_exception());
-        for (auto& r : deferred_kills) r->done.set_exception(std::current_exception());
         requests.clear();
         stop_waiters.clear();
-        deferred_kills.clear();
         serving = false;
         control_cv.notify_all();
         throw;
@@ -245,12 +243,6 @@ void CommandProcess::Impl::carry_out_requests() {
             continue;
         }
         try {
-            if (r->kind == Request::kill && !start_job_result) {
-                // Before the start job has run there is no process to signal (systemd would answer
-                // NoSuchProcess and the program would start afterwards, unsignalled).
-                deferred_kills.push_back(r);
-                continue;
-            }
             if (r->kind == Request::kill) {
                 try {
                     state.manager->callMethod("KillUnit").onInterface(kManagerInterface)
@@ -302,11 +294,6 @@ void CommandProcess::Impl::progress() {
         // Read the state once for certain, not only from signals: the job's end is the point from which
         // "inactive" means the program ran and ended rather than has not started yet.
         active_state_stale = true;
-        if (!deferred_kills.empty()) {
-            std::lock_guard lock(control);
-            requests.insert(requests.begin(), deferred_kills.begin(), deferred_kills.end());
-            deferred_kills.clear();
-        }
     }
     take_job_result(stop_job);
     if (!start_job_result) return;

@@ -178,9 +178,7 @@ void CommandProcess::Impl::finish() {
     peak_file.clear();
     finished = true;
     for (auto& w : stop_waiters) answer(*w);
-    for (auto& w : deferred_kills) answer(*w);
     stop_waiters.clear();
-    deferred_kills.clear();
 }
 
 void CommandProcess::Impl::release_unit() {
