@@ -428,7 +428,8 @@ const std::map<std::string, Converter, std::less<>>& table() {
         m["LimitRTTIME"] = rlimit(parse::microseconds);
         // the unit itself
         m["Description"] = string_property([](std::string_view) { return true; }, "text");
-        m["Type"] = one_of({"simple", "exec", "forking", "oneshot", "dbus", "notify", "idle"});
+        // notify-reload is systemd 253's; require_properties() says so on an older manager.
+        m["Type"] = one_of({"simple", "exec", "forking", "oneshot", "dbus", "notify", "notify-reload", "idle"});
         m["ExecStart"] = exec_start;
         m["KillMode"] = one_of({"control-group", "mixed", "process", "none"});
         m["KillSignal"] = [](std::string_view name, std::string_view value) {
@@ -438,6 +439,8 @@ const std::map<std::string, Converter, std::less<>>& table() {
         m["RuntimeMaxSec"] = time_property("RuntimeMaxUSec");
         m["TimeoutStopSec"] = time_property("TimeoutStopUSec");
         m["TimeoutStartSec"] = time_property("TimeoutStartUSec");
+        m["Restart"] = one_of({"no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"});
+        m["RestartSec"] = time_property("RestartUSec");
         for (const char* n : {"StandardInput", "StandardOutput", "StandardError"})
             m[n] = one_of({"null", "inherit", "tty", "journal", "kmsg", "socket"});
         // the service side (daemon.hpp): notifications, the watchdog, and the sockets of a .socket unit

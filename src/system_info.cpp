@@ -36,6 +36,10 @@ struct Need {
 Need need_of(Requirement requirement) {
     switch (requirement) {
         case Requirement::exec_service_type: return {"Type=exec", 240, {}, Need::Layout::any};
+        case Requirement::notify_reload_service_type: return {"Type=notify-reload", 253, {}, Need::Layout::any};
+        // Before 254 a run's end is a real dead/failed state, in which the service releases its stdio descriptors.
+        case Requirement::restart_keeping_stream_fds:
+            return {"Restart= with standard streams passed as descriptors", 254, {}, Need::Layout::any};
         case Requirement::attach_processes: return {"AttachProcessesToUnit", 238, {}, Need::Layout::any};
         case Requirement::pidfd: return {"pidfd_open(2)", 0, {5, 3}, Need::Layout::any};
         case Requirement::close_range: return {"close_range(2)", 0, {5, 9}, Need::Layout::any};
@@ -132,11 +136,20 @@ std::optional<Requirement> requirement_of_property(std::string_view name) {
     return std::nullopt;
 }
 
+std::optional<Requirement> requirement_of_property(std::string_view name, std::string_view value) {
+    if (name == "Type" && value == "notify-reload") return Requirement::notify_reload_service_type;
+    return requirement_of_property(name);
+}
+
 void require_properties(const Properties& properties, const SystemInfo& info) {
     for (const auto& entry : properties.entries()) {
-        auto requirement = requirement_of_property(entry.name);
+        std::string value = entry.text;
+        if (entry.typed && entry.typed->containsValueOfType<std::string>()) value = entry.typed->get<std::string>();
+        auto requirement = requirement_of_property(entry.name, value);
         if (!requirement) continue;
-        if (auto why = unmet_requirement(*requirement, info, entry.name + "=")) throw Unsupported(*why);
+        // A requirement of the value names the whole assignment ("Type=notify-reload needs systemd >= 253").
+        std::string subject = requirement == requirement_of_property(entry.name) ? entry.name + "=" : entry.name + "=" + value;
+        if (auto why = unmet_requirement(*requirement, info, subject)) throw Unsupported(*why);
     }
 }
 

@@ -520,8 +520,9 @@ TEST_F(CommandTest, PropertiesCommandSetsItselfAreRefusedWithWhatToUse) {
         EXPECT_NE(std::string(e.what()).find("stdout_to_journal"), std::string::npos) << e.what();
     }
     EXPECT_THROW(command.property("ExecStart", "/bin/false"), UnsupportedProperty);
-    EXPECT_THROW(command.property("Type", "oneshot"), UnsupportedProperty);
-    EXPECT_THROW(command.property("RemainAfterExit", "yes"), UnsupportedProperty);
+    // Service types whose main process would not be the program (command_service_test has the others).
+    EXPECT_THROW(command.property("Type", "forking"), UnsupportedProperty);
+    EXPECT_THROW(command.typed_property("Type", sdbus::Variant(std::string("dbus"))), UnsupportedProperty);
     EXPECT_THROW(command.typed_property("AddRef", sdbus::Variant(false)), UnsupportedProperty);
     EXPECT_THROW(command.properties(Properties{{"CollectMode", "inactive"}}), UnsupportedProperty);
     EXPECT_THROW(command.property("MemoryMax", "lots"), PropertyError);

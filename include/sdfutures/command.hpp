@@ -20,7 +20,8 @@
 // before StartTransientUnit is sent, so waiting sleeps in poll(2) and nothing is missed. The unit is started
 // with AddRef=yes, which keeps it loaded after it ends so its Result and exit status can be read; then this
 // library drops the reference (Unit.Unref) and, with CollectMode=inactive-or-failed, systemd collects it.
-// When wait() returns, the unit is gone. Needs systemd >= 236 (AddRef=).
+// When wait() returns, the unit is gone (with RemainAfterExit=yes: when the CommandProcess is destroyed).
+// Needs systemd >= 236 (AddRef=).
 
 #include <chrono>
 #include <cstddef>
@@ -38,6 +39,10 @@
 
 namespace sdfutures {
 
+namespace detail {
+struct CommandSteps;  // the steps of Command::start(), in src/
+}
+
 // How a command ended. Filled in from the unit's properties after it became inactive or failed.
 struct CommandResult {
     std::string unit;                // the unit it ran in (already collected)
@@ -50,7 +55,10 @@ struct CommandResult {
     // CPUUsageNSec=, when the manager accounted it (CPUAccounting=yes is set unless you set it yourself; a
     // manager without a usable cpu controller, e.g. a user manager on cgroup v1, reports nothing).
     std::optional<std::chrono::nanoseconds> cpu_time;
-    // MemoryPeak= in bytes, when the manager has that property (systemd >= 255) and accounted it.
+    // Peak memory in bytes (page cache included): MemoryPeak= where the manager has it (systemd >= 255); on an
+    // older manager with a v1 memory controller, the cgroup's memory.max_usage_in_bytes, copied by a privileged
+    // ExecStopPost= (/bin/sh) that Command adds while the cgroup still exists (it is gone when the end is
+    // reported). Of the last run under Restart=; none with RemainAfterExit=yes or when unaccounted.
     std::optional<uint64_t> memory_peak;
     // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
     std::optional<std::chrono::microseconds> run_time;
@@ -60,6 +68,11 @@ struct CommandResult {
     bool stderr_truncated = false;
     bool timed_out = false;          // run()'s timeout passed and the unit was stopped
     bool stopped = false;            // stopped on request: CommandProcess::stop() or run()'s timeout
+    // Restart=: how often systemd restarted the program (NRestarts=); the fields above are the last run's.
+    unsigned restarts = 0;
+    // RemainAfterExit=yes: the program ended and the unit remains active (not yet collected: `unit` still
+    // names a loaded unit) until the CommandProcess is destroyed, which stops it and waits until it is gone.
+    bool remains_active = false;
 
     // Exited with code 0 and was not stopped.
     bool success() const noexcept { return exit_code == 0 && !stopped; }
@@ -67,7 +80,7 @@ struct CommandResult {
     std::string status_text() const;
 };
 
-// systemd created the unit but could not start the program: the start job failed. Raised by wait() (and
+// systemd created the unit but could not start the program: the start job failed. Raised by start() (and
 // run()) with the unit already collected. Typical causes, named in what(): the program could not be
 // executed (exit status 203/EXEC), WorkingDirectory= does not exist (200/CHDIR), User= unknown (217/USER),
 // a sandbox setting the kernel refused (226/NAMESPACE, 228/SECCOMP, ...).
@@ -121,8 +134,17 @@ public:
     // ---- the unit
     // A property in unit-file syntax, as `systemd-run -p NAME=VALUE` takes it: any name the property parser
     // knows (SystemCallFilter, ProtectSystem, DynamicUser, PrivateNetwork, MemoryMax, User, ...). Properties
-    // Command sets itself are refused (ExecStart, Type, RemainAfterExit, Restart, CollectMode, AddRef and the
-    // Standard* ones: use the stream setters below).
+    // Command sets itself are refused (ExecStart, CollectMode, AddRef and the Standard* ones: use the stream
+    // setters below). Service settings systemd-run takes pass through:
+    //   Type=      exec (the default: start() returns once the program was executed), simple, notify (once it
+    //              sent READY=1; NotifyAccess= as given, main by default), oneshot (once it exited), and
+    //              notify-reload (systemd >= 253, refused with Unsupported before anything starts on an older
+    //              manager). forking and dbus are refused: the main process would not be the program.
+    //   Restart=, RestartSec=: the result counts the restarts (CommandResult::restarts) and is the last run's.
+    //   RemainAfterExit=yes: wait() returns when the program has ended, with remains_active set; the unit
+    //              stays active until the CommandProcess is destroyed, which stops it.
+    //   NotifyAccess=, WatchdogSec=: the program's sd_notify (sdfutures/daemon.hpp) reaches the manager; a
+    //              program that stops pinging is killed (SIGABRT) and ends with unit_result "watchdog".
     Command& property(std::string name, std::string value);
     // Any property as its D-Bus name and typed value, checked by systemd at start (Properties::set_typed).
     Command& typed_property(std::string name, sdbus::Variant value);
@@ -167,12 +189,15 @@ public:
 
     const std::vector<std::string>& argv() const noexcept { return argv_; }
 
-    // Starts the unit and returns at once; the program runs while you do other things. Input is fed and
-    // output captured only while a thread is in CommandProcess::wait()/wait_for()/stop() (a program that
-    // fills its pipe meanwhile just blocks, as with any pipe). Throws before anything runs (see above), or
-    // SystemdError when systemd refuses the unit (a property it does not accept, UnitExists, ...).
+    // Starts the unit and returns when the service is ready: when its start job has ended (Type=exec: the
+    // program was executed; notify: it sent READY=1; oneshot: it exited). The program runs while you do other
+    // things. Input is fed and output captured while start() waits and while a thread is in
+    // CommandProcess::wait()/wait_for()/stop() (a program that fills its pipe meanwhile just blocks, as with
+    // any pipe). Throws before anything runs (see above), SystemdError when systemd refuses the unit (a
+    // property it does not accept, UnitExists, ...), or CommandStartFailed when systemd could not start the
+    // program (the unit is then collected). A program that ran but failed at once is a result for wait().
     CommandProcess start() const;
-    // start() and wait until it ends. With a timeout: when it passes, the unit is stopped (StopUnit, waiting
+    // start() and wait until it ends. With a timeout (counted from when start() returned): when it passes, the unit is stopped (StopUnit, waiting
     // for the stop: SIGTERM, then SIGKILL after TimeoutStopSec=) and the result has timed_out set.
     CommandResult run(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
 
@@ -185,6 +210,7 @@ private:
         std::optional<std::size_t> max_bytes;
     };
     friend class CommandProcess;
+    friend struct detail::CommandSteps;
 
     std::vector<std::string> argv_;
     Properties properties_;
@@ -213,8 +239,8 @@ public:
     const std::string& unit() const noexcept;
     const Bus& bus() const noexcept;
 
-    // Until the program has ended and its unit is gone. The result can be taken once (a second call throws
-    // StateError). Throws CommandStartFailed when systemd could not start the program.
+    // Until the program has ended and its unit is gone (or, with RemainAfterExit=yes, remains active). The
+    // result can be taken once (a second call throws StateError). A start systemd failed was thrown by start().
     CommandResult wait();
     // As wait(), or nullopt when the timeout passes first; the command then keeps running (and may be waited
     // for again, or stopped).
@@ -228,6 +254,7 @@ public:
 
 private:
     friend class Command;
+    friend struct detail::CommandSteps;
     struct Impl;
     explicit CommandProcess(std::unique_ptr<Impl> impl);
     Impl& impl() const;

@@ -57,6 +57,10 @@ SystemInfo system_info(const Bus& bus);
 // What sdfutures, or a property given to it, needs from the manager, the kernel or the cgroup layout.
 enum class Requirement {
     exec_service_type,  // Type=exec for the unit's anchor process: systemd >= 240
+    notify_reload_service_type,  // Type=notify-reload (READY=1, then RELOADING=1 on SIGHUP): systemd >= 253
+    // Restart= of a service whose standard streams are descriptors it was given: systemd >= 254 (older ones close
+    // them at the end of the first run, so the later runs' output does not reach them)
+    restart_keeping_stream_fds,
     attach_processes,   // Manager.AttachProcessesToUnit: systemd >= 238
     pidfd,              // pidfd_open(2) and pidfd_send_signal(2): Linux >= 5.3
     close_range,        // close_range(2): Linux >= 5.9
@@ -75,6 +79,8 @@ void require(Requirement requirement, const SystemInfo& info);
 
 // The requirement a unit property brings (unit-file or D-Bus name, e.g. "MemoryHigh"), if any.
 std::optional<Requirement> requirement_of_property(std::string_view name);
+// The requirement a property brings with this value (Type=notify-reload, say), or else requirement_of_property's.
+std::optional<Requirement> requirement_of_property(std::string_view name, std::string_view value);
 // Throws Unsupported naming the first property whose requirement is not met on `info`.
 void require_properties(const Properties& properties, const SystemInfo& info);
 
