@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include "bus_state.hpp"
+#include "sys.hpp"
 #include "sdfutures/error.hpp"
 
 namespace sdfutures {
@@ -72,7 +73,7 @@ bool BusState::poll_with(std::span<pollfd> fds, Deadline deadline) {
     all.reserve(fds.size() + 1);
     all.push_back(pollfd{poll_data.fd, poll_data.events, 0});
     for (auto& p : fds) all.push_back(pollfd{p.fd, p.events, 0});
-    int r = ::poll(all.data(), all.size(), timeout_ms);
+    int r = detail::sys::poll(all.data(), all.size(), timeout_ms);
     if (r < 0 && errno != EINTR) throw BusError(description, "poll failed: " + errno_text(errno));
     for (size_t i = 0; i < fds.size(); ++i) fds[i].revents = r > 0 ? all[i + 1].revents : short{0};
     if (r > 0 && (all[0].revents & (POLLHUP | POLLERR)) && !(all[0].revents & POLLIN))

@@ -11,6 +11,7 @@
 #include <span>
 
 #include "command_impl.hpp"
+#include "sys.hpp"
 
 namespace sdfutures {
 
@@ -32,7 +33,7 @@ namespace detail {
 
 Pipe make_pipe() {
     int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) < 0) throw Error("cannot create a pipe: " + errno_text(errno));
+    if (::pipe2(fds, O_CLOEXEC) < 0) throw SystemError("pipe2", errno, "to create a pipe for the program's stream");
     Pipe p{OwnedFd(fds[0]), OwnedFd(fds[1])};
     (void)::fcntl(fds[0], F_SETPIPE_SZ, kPipeSize);
     return p;
@@ -41,7 +42,7 @@ Pipe make_pipe() {
 void set_nonblocking(int fd) {
     int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
-        throw Error("cannot make a pipe non-blocking: " + errno_text(errno));
+        throw SystemError("fcntl", errno, "to make the program's pipe non-blocking");
 }
 
 }  // namespace detail
@@ -115,7 +116,9 @@ void CommandProcess::Impl::request(std::shared_ptr<Request> r) {
         requests.push_back(std::move(r));
         if (serving) {
             uint64_t one = 1;
-            (void)::write(wake.get(), &one, sizeof one);
+            // The serving thread sleeps until this lands: an interrupted write is retried, never lost.
+            while (detail::sys::write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) {
+            }
             control_cv.wait(lock, [&] { return answered() || !serving; });
         }
         if (!answered()) serving = true;
@@ -180,7 +183,7 @@ void CommandProcess::Impl::poll_once(detail::BusState& state, detail::Deadline d
     if (!state.poll_with(std::span<pollfd>(fds, n), deadline)) return;
     if (fds[0].revents) {
         uint64_t count;
-        (void)::read(wake.get(), &count, sizeof count);
+        (void)detail::sys::read(wake.get(), &count, sizeof count);
     }
     if (stdin_slot >= 0 && fds[stdin_slot].revents) feed_stdin();
     if (out_slot >= 0 && fds[out_slot].revents) read_capture(out, kReadsPerWakeup);
@@ -209,7 +212,7 @@ void CommandProcess::Impl::read_capture(Capture& c, int rounds) {
         if (room == 0) {
             // Full: one byte more means there was more than the cap; stop reading either way.
             char byte;
-            ssize_t r = ::read(c.fd.get(), &byte, 1);
+            ssize_t r = detail::sys::read(c.fd.get(), &byte, 1);
             if (r < 0 && errno == EINTR) continue;
             if (r < 0 && errno == EAGAIN) return;
             if (r > 0) c.truncated = true;
@@ -219,7 +222,7 @@ void CommandProcess::Impl::read_capture(Capture& c, int rounds) {
         size_t chunk = std::min(room, kReadChunk);
         size_t old = c.data.size();
         c.data.resize(old + chunk);
-        ssize_t r = ::read(c.fd.get(), c.data.data() + old, chunk);
+        ssize_t r = detail::sys::read(c.fd.get(), c.data.data() + old, chunk);
         int saved = errno;
         c.data.resize(old + (r > 0 ? size_t(r) : 0));
         if (r > 0) continue;

@@ -124,7 +124,7 @@ std::unique_ptr<CommandProcess::Impl> detail::CommandSteps::new_process(const Co
     impl->restart_configured = property_text(command.properties_, "Restart").value_or("no") != "no";
     impl->remain_after_exit = parse::boolean("RemainAfterExit", property_text(command.properties_, "RemainAfterExit").value_or("no"));
     int wake = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake < 0) throw Error("cannot create an eventfd: " + errno_text(errno));
+    if (wake < 0) throw SystemError("eventfd", errno, "to create the Command's wake-up descriptor");
     impl->wake = detail::OwnedFd(wake);
     return impl;
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "sdfutures/command.hpp"
 #include "sdfutures/pool.hpp"
 #include "support/manager_environment.hpp"
 #include "support/syscall_injection.hpp"
@@ -79,6 +80,27 @@ TEST_P(SyscallSeamTest, ARecordCutShortCostsOnlyTheTaskItCarried) {
     }
     EXPECT_THROW(cut.get(), Error) << "a task whose message was cut short must fail, not return a value";
     for (int i = 0; i < 10; ++i) EXPECT_EQ(pool.submit(&square, i).get(), i * i) << "after the cut, task " << i;
+}
+
+// A Command's serving loop (its bus poll, the wake-ups between the threads that wait on it, the reads of its
+// output, the writes of its input) under EINTR on every second call and writes cut to half: the program gets its
+// whole input and the caller its whole output, unchanged.
+class CommandSeamTest : public SystemdTest {};
+
+TEST_F(CommandSeamTest, InterruptedAndShortCallsLoseNoByteOfACommandsInputOrOutput) {
+    std::string input(3u << 20, '\0');
+    for (std::size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>('a' + i % 23);
+    SyscallInjection injection;
+    injection.inject(Call::read, {.error_number = EINTR, .every = 2});
+    injection.inject(Call::poll, {.error_number = EINTR, .every = 2});
+    injection.inject(Call::write, {.short_transfer = true, .every = 2});
+    auto result = Command({"/bin/cat"}).stdin_from(input).capture_stdout().run(120s);
+    EXPECT_TRUE(result.success()) << result.status_text();
+    ASSERT_EQ(result.captured_stdout.size(), input.size());
+    EXPECT_TRUE(result.captured_stdout == input) << "the bytes came back changed";
+    EXPECT_GE(injection.injected(Call::read), 10);
+    EXPECT_GE(injection.injected(Call::poll), 3);
+    EXPECT_GE(injection.injected(Call::write), 1) << "no write of the program's input was cut short";
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, SyscallSeamTest,
