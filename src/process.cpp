@@ -109,7 +109,46 @@ constexpr int kReportFd = 3;
 
 }  // namespace
 
-ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
+struct ProcessCore::Impl {
+    Impl(Properties properties, ProcessOptions options);
+    ~Impl();
+    void start(const Body& body);
+    bool is_alive();
+    bool join(std::optional<std::chrono::milliseconds> timeout);
+    void signal(int signo);
+    std::string take_reply();
+    const Unit& unit() const;
+
+    void finish();
+    void reap();
+    void abandon_child() noexcept;
+    void stop_unit() noexcept;
+    void close_all() noexcept;
+    bool read_available();
+    std::optional<std::string> next_frame();
+
+    Properties properties_;
+    ProcessOptions options_;
+    WireLimits limits_;
+    std::optional<Bus> bus_;
+    std::optional<Unit> unit_;
+    enum class State { created, running, ended } state_ = State::created;
+    pid_t pid_ = -1;
+    int pidfd_ = -1;
+    int reply_fd_ = -1;
+    int anchor_fd_ = -1;  // write end of the unit main process's stdin: the owner's lifeline
+    int report_fd_ = -1;  // the reaper's reports: the child's pid and pidfd, then its wait status
+    int reaper_pidfd_ = -1;
+    std::optional<std::string> channel_error_;  // what was wrong with the child's channel, once it broke
+    bool reply_eof_ = false;
+    FrameReader reader_;
+    std::optional<std::string> reply_;
+    std::optional<int> exit_status_;
+    bool unit_was_stopped_ = false;
+    bool oom_killed_ = false;
+};
+
+ProcessCore::Impl::Impl(Properties properties, ProcessOptions options)
     : properties_(std::move(properties)), options_(std::move(options)),
       limits_{options_.max_result_bytes, WireLimits{}.max_depth}, reader_(limits_) {
     check_properties_reach_forked_children(properties_);
@@ -118,7 +157,7 @@ ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
     unit_.emplace(*bus_, options_.unit_name);
 }
 
-ProcessCore::~ProcessCore() {
+ProcessCore::Impl::~Impl() {
     if (state_ == State::running) {
         try {
             signal(SIGKILL);
@@ -129,9 +168,9 @@ ProcessCore::~ProcessCore() {
     close_all();
 }
 
-const Unit& ProcessCore::unit() const { return *unit_; }
+const Unit& ProcessCore::Impl::unit() const { return *unit_; }
 
-void ProcessCore::close_all() noexcept {
+void ProcessCore::Impl::close_all() noexcept {
     close_fd(pidfd_);
     close_fd(reply_fd_);
     close_fd(anchor_fd_);
@@ -146,7 +185,7 @@ void ProcessCore::close_all() noexcept {
     close_fd(reaper_pidfd_);
 }
 
-void ProcessCore::start(const Body& body) {
+void ProcessCore::Impl::start(const Body& body) {
     if (state_ != State::created) throw StateError("start() was already called on " + options_.unit_name);
     require_support(*bus_, properties_);
     Manager manager(*bus_);
@@ -297,7 +336,7 @@ void ProcessCore::start(const Body& body) {
     }
 }
 
-std::optional<std::string> ProcessCore::next_frame() {
+std::optional<std::string> ProcessCore::Impl::next_frame() {
     if (channel_error_) throw ProtocolError(*channel_error_);
     try {
         return reader_.next();
@@ -307,7 +346,7 @@ std::optional<std::string> ProcessCore::next_frame() {
     }
 }
 
-void ProcessCore::reap() {
+void ProcessCore::Impl::reap() {
     ReaperReport ended{};
     ssize_t got = -1;
     for (;;) {
@@ -332,7 +371,7 @@ void ProcessCore::reap() {
     state_ = State::ended;
 }
 
-void ProcessCore::abandon_child() noexcept {
+void ProcessCore::Impl::abandon_child() noexcept {
     if (state_ == State::running) {
         if (pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
         else if (reaper_pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, reaper_pidfd_, SIGKILL, nullptr, 0);
@@ -342,7 +381,7 @@ void ProcessCore::abandon_child() noexcept {
     close_all();
 }
 
-bool ProcessCore::read_available() {
+bool ProcessCore::Impl::read_available() {
     bool got = false;
     for (;;) {
         if (channel_error_) return got;
@@ -365,18 +404,18 @@ bool ProcessCore::read_available() {
     }
 }
 
-bool ProcessCore::is_alive() {
+bool ProcessCore::Impl::is_alive() {
     if (state_ != State::running) return false;
     pollfd fd{pidfd_, POLLIN, 0};
     return ::poll(&fd, 1, 0) == 0;
 }
 
-void ProcessCore::signal(int signo) {
+void ProcessCore::Impl::signal(int signo) {
     if (state_ == State::created) throw StateError("the process of " + options_.unit_name + " was not started");
     if (state_ == State::running) ::syscall(SYS_pidfd_send_signal, pidfd_, signo, nullptr, 0);
 }
 
-bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
+bool ProcessCore::Impl::join(std::optional<std::chrono::milliseconds> timeout) {
     if (state_ == State::created) throw StateError("join() before start() on " + options_.unit_name);
     if (state_ == State::ended) return true;
     const auto deadline = std::chrono::steady_clock::now() + timeout.value_or(std::chrono::milliseconds(0));
@@ -401,7 +440,7 @@ bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) {
     return true;
 }
 
-void ProcessCore::finish() {
+void ProcessCore::Impl::finish() {
     reap();
     // cat gone means the unit was stopped (from outside, or by RuntimeMaxSec=) rather than the child failing.
     pollfd anchor{anchor_fd_, 0, 0};
@@ -426,9 +465,9 @@ void ProcessCore::finish() {
     close_all();
 }
 
-void ProcessCore::stop_unit() noexcept { stop_and_wait_gone(*bus_, options_.unit_name); }
+void ProcessCore::Impl::stop_unit() noexcept { stop_and_wait_gone(*bus_, options_.unit_name); }
 
-std::string ProcessCore::take_reply() {
+std::string ProcessCore::Impl::take_reply() {
     if (state_ != State::ended) throw StateError("the process of " + options_.unit_name + " has not ended");
     if (reply_) return *reply_;
     if (unit_was_stopped_) throw UnitStopped(options_.unit_name);
@@ -439,6 +478,19 @@ std::string ProcessCore::take_reply() {
     if (oom_killed_) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
     throw ProcessDied(how + " before sending a result", *exit_status_);
 }
+
+ProcessCore::ProcessCore(Properties properties, ProcessOptions options)
+    : impl_(std::make_unique<Impl>(std::move(properties), std::move(options))) {}
+ProcessCore::~ProcessCore() = default;
+void ProcessCore::start(const Body& body) { impl_->start(body); }
+bool ProcessCore::is_alive() { return impl_->is_alive(); }
+bool ProcessCore::join(std::optional<std::chrono::milliseconds> timeout) { return impl_->join(timeout); }
+void ProcessCore::signal(int signo) { impl_->signal(signo); }
+std::optional<int> ProcessCore::exit_status() const { return impl_->exit_status_; }
+std::string ProcessCore::take_reply() { return impl_->take_reply(); }
+pid_t ProcessCore::pid() const noexcept { return impl_->pid_; }
+const Unit& ProcessCore::unit() const { return impl_->unit(); }
+const WireLimits& ProcessCore::limits() const noexcept { return impl_->limits_; }
 
 }  // namespace detail
 }  // namespace sdfutures

@@ -25,7 +25,7 @@
 #include <concepts>
 #include <cstdio>
 #include <functional>
-#include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -78,41 +78,18 @@ public:
     bool is_alive();
     bool join(std::optional<std::chrono::milliseconds> timeout);
     void signal(int signo);
-    std::optional<int> exit_status() const { return exit_status_; }
+    std::optional<int> exit_status() const;
     // After join: the reply payload, or throws what describes why there is none.
     std::string take_reply();
-    pid_t pid() const noexcept { return pid_; }
+    pid_t pid() const noexcept;
     const Unit& unit() const;
-    const WireLimits& limits() const noexcept { return limits_; }
+    const WireLimits& limits() const noexcept;
 
 private:
-    void finish();
-    void reap();
-    void abandon_child() noexcept;
-    void stop_unit() noexcept;
-    void close_all() noexcept;
-    bool read_available();
-    std::optional<std::string> next_frame();
-
-    Properties properties_;
-    ProcessOptions options_;
-    WireLimits limits_;
-    std::optional<Bus> bus_;
-    std::optional<Unit> unit_;
-    enum class State { created, running, ended } state_ = State::created;
-    pid_t pid_ = -1;
-    int pidfd_ = -1;
-    int reply_fd_ = -1;
-    int anchor_fd_ = -1;  // write end of the unit main process's stdin: the owner's lifeline
-    int report_fd_ = -1;  // the reaper's reports: the child's pid and pidfd, then its wait status
-    int reaper_pidfd_ = -1;
-    std::optional<std::string> channel_error_;  // what was wrong with the child's channel, once it broke
-    bool reply_eof_ = false;
-    FrameReader reader_;
-    std::optional<std::string> reply_;
-    std::optional<int> exit_status_;
-    bool unit_was_stopped_ = false;
-    bool oom_killed_ = false;
+    // The unit, the bus, the child's descriptors and the reply being read (src/process.cpp). Owned by the thread
+    // that owns the TransientUnitProcess; nothing in it is shared with another thread of the owner.
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 template <class R>
