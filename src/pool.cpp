@@ -74,7 +74,7 @@ short poll_now(int fd, short events) {
     int r;
     do r = sys::poll(&p, 1, 0);
     while (r < 0 && errno == EINTR);
-    return r == 1 ? p.revents : 0;
+    return r == 1 ? p.revents : short{0};
 }
 
 bool pipe_reader_gone(int write_fd) { return poll_now(write_fd, 0) & POLLERR; }
