@@ -72,11 +72,7 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
     }
     if (n == 0) {
         // End of stream and an empty record both read as 0 bytes; only the first comes with a hang-up.
-        pollfd hangup{fd, POLLRDHUP, 0};
-        int r;
-        do r = sys::poll(&hangup, 1, 0);
-        while (r < 0 && errno == EINTR);  // an interrupted question would make the end look like an empty record
-        if (r == 1 && (hangup.revents & (POLLHUP | POLLRDHUP))) return Got::end;
+        if (sys::poll_now(fd, POLLRDHUP) & (POLLHUP | POLLRDHUP)) return Got::end;
         broken("an empty record (every record has a 16-byte header)");
     }
     const auto length = static_cast<std::size_t>(n);

@@ -68,16 +68,7 @@ std::size_t default_worker_count(const Properties& properties) {
     return std::max<std::size_t>(cpus, 1);
 }
 
-// poll(2) of one descriptor without waiting; an interruption is not an answer, so it asks again.
-short poll_now(int fd, short events) {
-    pollfd p{fd, events, 0};
-    int r;
-    do r = sys::poll(&p, 1, 0);
-    while (r < 0 && errno == EINTR);
-    return r == 1 ? p.revents : short{0};
-}
-
-bool pipe_reader_gone(int write_fd) { return poll_now(write_fd, 0) & POLLERR; }
+bool pipe_reader_gone(int write_fd) { return sys::poll_now(write_fd, 0) & POLLERR; }
 
 std::string release_message(uint32_t main_pid) {
     auto pid = static_cast<pid_t>(main_pid);
@@ -1018,7 +1009,7 @@ bool PoolCore::Impl::stalled(Worker& w, Clock::time_point now) {
 // Either way systemd stops the unit with it.
 bool PoolCore::Impl::main_process_gone() const {
     if (!exec) return pipe_reader_gone(anchor.get());
-    return poll_now(server.pidfd.get(), POLLIN) & POLLIN;
+    return sys::poll_now(server.pidfd.get(), POLLIN) & POLLIN;
 }
 
 bool PoolCore::Impl::retired() {

@@ -1,5 +1,7 @@
 #include "sys.hpp"
 
+#include <cerrno>
+
 namespace sdfutures::detail::sys {
 namespace {
 
@@ -23,6 +25,14 @@ void restore_default_calls() noexcept {
     the_calls.sendmsg.store(libc_sendmsg);
     the_calls.recvmsg.store(libc_recvmsg);
     the_calls.poll.store(libc_poll);
+}
+
+short poll_now(int fd, short events) {
+    pollfd p{fd, events, 0};
+    int r;
+    do r = sys::poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    return r == 1 ? p.revents : short{0};
 }
 
 }  // namespace sdfutures::detail::sys

@@ -55,4 +55,8 @@ inline int poll(pollfd* fds, nfds_t count, int timeout_ms) {
     return calls().poll.load(std::memory_order_relaxed)(fds, count, timeout_ms);
 }
 
+// poll(2) of one descriptor without waiting: its revents, or 0. An interruption is not an answer, so it asks again
+// (an interrupted "has the peer hung up?" must not read as "no").
+short poll_now(int fd, short events);
+
 }  // namespace sdfutures::detail::sys

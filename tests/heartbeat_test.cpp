@@ -81,13 +81,7 @@ int scribble_then_sleep(std::int64_t stamp, int ms) {
     return shrunk;
 }
 
-class HeartbeatTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
-protected:
-    PoolOptions with_method(PoolOptions options) const {
-        options.start_method = GetParam();
-        return options;
-    }
-};
+class HeartbeatTest : public testing::StartMethodTest {};
 
 template <class E>
 std::string failure_of(std::future<int>& f) {
@@ -185,14 +179,7 @@ TEST_P(HeartbeatTest, AWorkerThatScribblesOnItsHeartbeatPageAffectsOnlyItself) {
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, HeartbeatTest,
                          ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::exec),
-                         [](const ::testing::TestParamInfo<StartMethod>& info) {
-                             switch (info.param) {
-                             case StartMethod::fork: return std::string("fork");
-                             case StartMethod::forkserver: return std::string("forkserver");
-                             case StartMethod::exec: return std::string("exec");
-                             }
-                             return std::string("unknown");
-                         });
+                         testing::start_method_name);
 
 // Outside any pool worker heartbeat() is a no-op: in the owner, and in a TransientUnitProcess child.
 class HeartbeatOutsideAPoolTest : public SystemdTest {};

@@ -56,22 +56,9 @@ int crash(int how) {
 }
 
 // The whole pool contract, for each start method.
-class PoolTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
-protected:
-    PoolOptions with_method(PoolOptions options) const {
-        options.start_method = GetParam();
-        return options;
-    }
-};
+class PoolTest : public testing::StartMethodTest {};
 
-std::string method_name(const ::testing::TestParamInfo<StartMethod>& info) {
-    switch (info.param) {
-        case StartMethod::fork: return "fork";
-        case StartMethod::forkserver: return "forkserver";
-        case StartMethod::exec: return "exec";
-    }
-    return "unknown";
-}
+using testing::start_method_name;
 
 TEST_P(PoolTest, TenThousandSmallTasksAllResolveCorrectly) {
     TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
@@ -351,7 +338,7 @@ TEST_P(PoolTest, AReplacementWorkerTheOwnerCannotTakeFailsTheWaitingTasksWithANa
 }
 
 TEST_P(PoolTest, AKilledOwnerLeavesNoUnitAndNoWorkerAfterTwoSeconds) {
-    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, ("pool-" + method_name({GetParam(), 0})).c_str());
+    auto owner = testing::start_owner(SDFUTURES_OWNER_HELPER, ("pool-" + start_method_name({GetParam(), 0})).c_str());
     ASSERT_EQ(owner.workers.size(), 2u) << owner.unit;
     ASSERT_TRUE(manager().unit_loaded(owner.unit));
 
@@ -389,7 +376,7 @@ TEST_P(PoolTest, ASoakWithRandomCrashesResolvesEveryFuture) {
 }
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, PoolTest,
-                         ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::exec), method_name);
+                         ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::exec), start_method_name);
 
 }  // namespace
 }  // namespace sdfutures

@@ -28,13 +28,7 @@ using testing::SystemdTest;
 int square(int x) { return x * x; }
 std::size_t length_of(std::string s) { return s.size(); }
 
-class SyscallSeamTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
-protected:
-    PoolOptions with_method(PoolOptions options) const {
-        options.start_method = GetParam();
-        return options;
-    }
-};
+class SyscallSeamTest : public testing::StartMethodTest {};
 
 TEST_P(SyscallSeamTest, EintrOnEverySecondCallOfTheOwnerLosesAndRepeatsNoResult) {
     SyscallInjection injection;  // before the pool: its construction (and, forked, its workers) meet it too
@@ -105,14 +99,7 @@ TEST_F(CommandSeamTest, InterruptedAndShortCallsLoseNoByteOfACommandsInputOrOutp
 
 INSTANTIATE_TEST_SUITE_P(StartMethods, SyscallSeamTest,
                          ::testing::Values(StartMethod::fork, StartMethod::forkserver, StartMethod::exec),
-                         [](const ::testing::TestParamInfo<StartMethod>& info) {
-                             switch (info.param) {
-                                 case StartMethod::fork: return std::string("fork");
-                                 case StartMethod::forkserver: return std::string("forkserver");
-                                 case StartMethod::exec: return std::string("exec");
-                             }
-                             return std::string("unknown");
-                         });
+                         testing::start_method_name);
 
 }  // namespace
 }  // namespace sdfutures

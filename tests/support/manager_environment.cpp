@@ -298,4 +298,13 @@ std::string cgroup_of(int pid) {
     return unified;
 }
 
+std::string start_method_name(const ::testing::TestParamInfo<StartMethod>& info) {
+    switch (info.param) {
+        case StartMethod::fork: return "fork";
+        case StartMethod::forkserver: return "forkserver";
+        case StartMethod::exec: return "exec";
+    }
+    return "unknown";
+}
+
 }  // namespace sdfutures::testing

@@ -66,6 +66,18 @@ private:
     ProcessSnapshot before_;
 };
 
+// The base of tests run once per start method (INSTANTIATE_TEST_SUITE_P with start_method_name for their names):
+// with_method() puts the test's start method into a pool's options.
+class StartMethodTest : public SystemdTest, public ::testing::WithParamInterface<StartMethod> {
+protected:
+    PoolOptions with_method(PoolOptions options) const {
+        options.start_method = GetParam();
+        return options;
+    }
+};
+// "fork", "forkserver", "exec": the suffix of a test run for that start method.
+std::string start_method_name(const ::testing::TestParamInfo<StartMethod>& info);
+
 // MemoryMax=`max`, with MemorySwapMax=0 where a memory controller can hold it (the unified layout; elsewhere
 // systemd would accept it and do nothing, and sdfutures refuses it): an allocation past the limit then meets the
 // OOM killer, not swap, on every layout of a machine without swap, and on unified ones with it.
