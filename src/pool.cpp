@@ -29,6 +29,7 @@
 #include "program_image.hpp"
 #include "property_reach.hpp"
 #include "pool_bus.hpp"
+#include "scheduler.hpp"
 #include "sys.hpp"
 #include "task_state.hpp"
 #include "zygote.hpp"
@@ -81,7 +82,7 @@ bool ends_like_a_stopped_unit(int exit_status) { return exit_status == -SIGTERM 
 
 }  // namespace
 
-struct Worker {
+struct Worker : TaskWindow {
     pid_t pid = -1;
     Fd socket;
     Fd pidfd;
@@ -90,8 +91,6 @@ struct Worker {
     Clock::time_point phase_since = Clock::now();
     MessageReader reader;
     MessageWriter writer;
-    std::deque<std::shared_ptr<TaskState>> in_flight;  // sent, in order; the head is running
-    std::size_t assigned = 0;
     Clock::time_point head_since;                      // when the head task started, as far as the owner knows
     // heartbeat_timeout: the worker's page (heartbeat_page.hpp), and the latest heartbeat seen on it, which may be
     // one of an earlier task (then head_since counts). Both the dispatcher's.
@@ -114,9 +113,8 @@ struct Worker {
     }
     void kill() const { signal(SIGKILL); }
     bool alive() const { return !exit_status; }
-    bool takes_tasks(std::size_t max_tasks) const {
-        return phase == Phase::ready && !eof && !condemned && !stopped && alive() &&
-               !(max_tasks && assigned >= max_tasks);
+    bool takes_tasks(const DispatchLimits& dispatch) const {
+        return phase == Phase::ready && !eof && !condemned && !stopped && alive() && !dispatch.quota_reached(*this);
     }
 };
 
@@ -133,11 +131,12 @@ struct PoolCore::Impl {
     Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline
     Fd wake;    // eventfd: new tasks, cancellations, bus answers, shutdown
     std::uint64_t id_key = 0;
+    DispatchLimits dispatch{options.max_window, options.max_tasks_per_child};
 
     // Shared between the submitting threads and the dispatcher: guarded by `mutex`.
     std::mutex mutex;
     std::condition_variable changed;
-    std::deque<std::shared_ptr<TaskState>> queue;
+    TaskQueue queue{dispatch};
     std::vector<std::shared_ptr<TaskState>> cancelled_running;  // resolved by cancel(); their workers must go
     std::size_t unfinished = 0;
     PoolStats counts;  // all but `queued`, which is unfinished - counts.running
@@ -401,9 +400,8 @@ void PoolCore::Impl::update_pids() {
 
 // Workers that count towards max_workers: alive, trusted, and not done with their quota of tasks.
 std::size_t PoolCore::Impl::live_workers() const {
-    const std::size_t quota = options.max_tasks_per_child;
-    return static_cast<std::size_t>(std::count_if(workers.begin(), workers.end(), [quota](auto& w) {
-        return w->alive() && !w->condemned && !(quota && w->assigned >= quota);
+    return static_cast<std::size_t>(std::count_if(workers.begin(), workers.end(), [this](auto& w) {
+        return w->alive() && !w->condemned && !dispatch.quota_reached(*w);
     }));
 }
 
@@ -464,8 +462,7 @@ void PoolCore::Impl::start_head(Worker& w) {
     if (w.in_flight.empty()) return;
     // Under the lock with the count: a cancel() claiming it meanwhile takes the count back only after this.
     std::lock_guard lock(mutex);
-    int expected = TaskState::sent;
-    if (w.in_flight.front()->status.compare_exchange_strong(expected, TaskState::started)) ++counts.running;
+    if (w.in_flight.front()->start()) ++counts.running;
 }
 
 // The pool can take on no more workers: tasks not started fail with `error` and submit() throws it, while those
@@ -476,7 +473,7 @@ void PoolCore::Impl::fail_queued_tasks(const std::exception_ptr& error) {
         std::lock_guard lock(mutex);
         if (!broken) broken = error;
         accepting = false;
-        queued.swap(queue);
+        queued = queue.take_all();
     }
     for (auto& task : queued) fail_task(task, error);
 }
@@ -511,24 +508,15 @@ void PoolCore::Impl::condemn(Worker& w, const std::exception_ptr& error_for_head
     update_pids();
 }
 
+// A lost worker's window goes back to the front of the queue (scheduler.hpp); a broken pool takes no task back:
+// nothing would run it.
 void PoolCore::Impl::requeue_window(Worker& w) {
     std::exception_ptr error;
     {
         std::lock_guard lock(mutex);
         error = broken;
-        if (!error) {
-            for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
-                int expected = TaskState::sent;
-                bool back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
-                if (!back && expected == TaskState::started) {
-                    back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
-                    if (back) --counts.running;
-                }
-                if (back) queue.push_front(std::move(*it));
-            }
-        }
+        if (!error) counts.running -= queue.requeue(w);
     }
-    // A broken pool takes no task back: nothing would run it.
     if (error)
         for (auto& task : w.in_flight) fail_task(task, error);
     w.in_flight.clear();
@@ -802,55 +790,38 @@ void PoolCore::Impl::take_requests() {
     }
 }
 
+// Hands queued tasks to the workers that take them (scheduler.hpp decides which goes where) and sends them.
 void PoolCore::Impl::assign_tasks() {
-    std::vector<Worker*> ready;
+    std::vector<TaskWindow*> ready;
     for (auto& w : workers)
-        if (w->takes_tasks(options.max_tasks_per_child)) ready.push_back(w.get());
+        if (w->takes_tasks(dispatch)) ready.push_back(w.get());
     if (ready.empty()) return;
-    std::unique_lock lock(mutex);
-    if (queue.empty()) return;
-    // Tasks go round-robin, idle workers first. Only when there are more tasks than workers does a worker get
-    // several at once (up to max_window), so it finds its next task waiting and batches its replies.
-    std::size_t window =
-        std::clamp<std::size_t>((queue.size() + ready.size() - 1) / ready.size(), 1, options.max_window);
-    std::size_t spawn_needed = 0;
-    for (std::size_t depth = 1; depth <= window && !queue.empty(); ++depth) {
-        for (Worker* w : ready) {
-            if (queue.empty()) break;
-            if (w->in_flight.size() >= depth) continue;
-            if (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) continue;
-            // The head of an empty window is the task the worker runs next: it starts now.
-            const bool head = w->in_flight.empty();
-            std::shared_ptr<TaskState> task;
-            while (!queue.empty() && !task) {
-                task = std::move(queue.front());
-                queue.pop_front();
-                int expected = TaskState::queued;
-                if (!task->status.compare_exchange_strong(expected, head ? TaskState::started : TaskState::sent))
-                    task.reset();  // cancelled
-            }
-            if (!task) break;
-            if (head) {
-                w->head_since = Clock::now();
-                ++counts.running;
-            }
-            w->writer.queue(task->id, encode_task(task->invoker_code, task->function_code, task->submission.arguments));
-            w->in_flight.push_back(std::move(task));
-            ++w->assigned;
-            // Its replacement starts while it finishes its last task.
-            if (options.max_tasks_per_child && w->assigned == options.max_tasks_per_child) ++spawn_needed;
-        }
+    TaskQueue::Round round;
+    {
+        // The running count grows under the lock that moved the tasks: a cancel() claiming one meanwhile takes
+        // the count back only after this.
+        std::lock_guard lock(mutex);
+        round = queue.assign(ready);
+        counts.running += round.started;
     }
-    lock.unlock();
-    if (spawn_needed) {
+    const auto now = Clock::now();
+    for (auto& handout : round.handouts) {
+        auto& w = static_cast<Worker&>(*handout.window);
+        if (handout.runs_now) w.head_since = now;
+        const TaskState& task = *handout.task;
+        w.writer.queue(task.id, encode_task(task.invoker_code, task.function_code, task.submission.arguments));
+    }
+    if (round.spawns_needed) {
         try {
-            request_spawn(spawn_needed);
+            request_spawn(round.spawns_needed);
         } catch (...) {
             break_pool(std::current_exception());
         }
     }
-    for (Worker* w : ready)
-        if (!w->writer.empty()) flush_worker(*w);
+    for (TaskWindow* window : ready) {
+        auto& w = static_cast<Worker&>(*window);
+        if (!w.writer.empty()) flush_worker(w);
+    }
 }
 
 // A worker that died with a task: the task fails saying how, unless the unit was stopped (then everything does).
@@ -910,17 +881,19 @@ void PoolCore::Impl::finalize_dead_workers() {
     replace_workers();
 }
 
+// A worker lost (dead, or killed by the pool): more may be forked (scheduler.hpp says how many).
 void PoolCore::Impl::replace_workers() {
-    bool replace;
+    Workforce workforce{.target = target_workers.load(), .live = live_workers(), .spawning = spawning,
+                        .server_alive = server_alive};
     {
         std::lock_guard lock(mutex);
-        // A retiring pool still finishes what it was given: a worker lost on the way is replaced while tasks remain.
-        replace = !broken && server_alive && (!retire || !queue.empty() || unfinished > 0);
+        workforce.broken = broken != nullptr;
+        workforce.retiring = retire;
+        workforce.work_left = !queue.empty() || unfinished > 0;
     }
-    std::size_t live = live_workers() + spawning;
-    if (replace && live < target_workers.load()) {
+    if (const std::size_t n = replacements_to_spawn(workforce)) {
         try {
-            request_spawn(target_workers.load() - live);
+            request_spawn(n);
         } catch (...) {
             break_pool(std::current_exception());
         }
@@ -959,7 +932,7 @@ void PoolCore::Impl::enforce_deadlines() {
     for (auto& w : workers) {
         // A worker done with its quota (or told to finish) exits once its last task is answered; one that lingers
         // (a thread of its task holding it up) is ended after a grace period, so it cannot hold a slot forever.
-        const bool done = (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) || w->write_closed;
+        const bool done = dispatch.quota_reached(*w) || w->write_closed;
         if (!done || !w->in_flight.empty() || w->condemned || !w->alive()) {
             w->idle_done_since.reset();
             continue;
@@ -1148,7 +1121,7 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
             z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
             task->id = (z ^ (z >> 31)) | 1;  // never 0, the bootstrap id
         }
-        impl_->queue.insert(impl_->queue.end(), tasks.begin(), tasks.end());
+        impl_->queue.append(tasks);
         impl_->unfinished += tasks.size();
     }
     impl_->wake_up();
@@ -1178,16 +1151,15 @@ bool PoolCore::cancel(const std::shared_ptr<TaskState>& task) {
 }
 
 void PoolCore::shutdown(bool wait, bool cancel_pending) {
-    std::deque<std::shared_ptr<TaskState>> pending;
+    std::vector<std::shared_ptr<TaskState>> pending;
     {
         std::lock_guard lock(impl_->mutex);
         impl_->accepting = false;
-        if (cancel_pending) pending = impl_->queue;
+        if (cancel_pending) pending = impl_->queue.snapshot();
     }
     // Only tasks still queued: one the dispatcher sends meanwhile runs to its end, as a started task does.
     for (auto& task : pending) {
-        int expected = TaskState::queued;
-        if (!task->status.compare_exchange_strong(expected, TaskState::resolved)) continue;
+        if (!task->claim_if_queued()) continue;
         try {
             task->submission.fail(std::make_exception_ptr(TaskCancelled("the task was cancelled before it started")));
         } catch (...) {
