@@ -32,6 +32,7 @@
 #include "scheduler.hpp"
 #include "sys.hpp"
 #include "task_state.hpp"
+#include "worker_death.hpp"
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
 
@@ -75,10 +76,6 @@ std::string release_message(uint32_t main_pid) {
     auto pid = static_cast<pid_t>(main_pid);
     return {reinterpret_cast<const char*>(&pid), sizeof pid};
 }
-
-// Whether a worker ended the way every process of a stopped unit ends (systemd's SIGTERM, or SIGKILL after
-// TimeoutStopSec=): then only the manager can say whether the unit was stopped or the worker alone was killed.
-bool ends_like_a_stopped_unit(int exit_status) { return exit_status == -SIGTERM || exit_status == -SIGKILL; }
 
 }  // namespace
 
@@ -196,6 +193,7 @@ struct PoolCore::Impl {
     void violation(Worker& w, const std::string& what, std::uint64_t offending_id);
     void requeue_window(Worker& w);
     void fail_dead_workers_task(Worker& w);
+    WorkerDeath death_of(const Worker& w) const;
     void break_pool(const std::exception_ptr& error, int signo = SIGKILL);
     void fail_queued_tasks(const std::exception_ptr& error);
     void request_spawn(std::size_t n);
@@ -660,7 +658,7 @@ void PoolCore::Impl::take_bus_answers() {
             w.unit_gone_verdict = answer.unit_gone;
             w.awaiting_verdict = false;
             if (w.entry_error)  // a replacement that could not start: nothing will
-                break_pool(answer.unit_gone ? std::make_exception_ptr(UnitStopped(options.unit_name)) : w.entry_error);
+                break_pool(failed_entry_error(answer.unit_gone, options.unit_name, w.entry_error));
             break;
         }
     }
@@ -824,28 +822,19 @@ void PoolCore::Impl::assign_tasks() {
     }
 }
 
-// A worker that died with a task: the task fails saying how, unless the unit was stopped (then everything does).
+// What is known of a dead worker's end, read now (the cgroup's OOM count and the main process may have changed since
+// the last look).
+WorkerDeath PoolCore::Impl::death_of(const Worker& w) const {
+    return {w.pid, *w.exit_status, main_process_gone(), w.unit_gone_verdict, oom_kill_count(control_group)};
+}
+// A worker that died with a task: the task fails saying how (worker_death.hpp), unless the unit was stopped (then
+// everything does).
 void PoolCore::Impl::fail_dead_workers_task(Worker& w) {
     auto head = std::move(w.in_flight.front());
     w.in_flight.pop_front();
-    std::exception_ptr error;
-    bool stopped = main_process_gone() || w.unit_gone_verdict.value_or(false);
-    if (stopped) {
-        error = std::make_exception_ptr(UnitStopped(options.unit_name));
-    } else {
-        // Each OOM kill the cgroup records explains one SIGKILLed worker, busy or idle. A worker that died of
-        // something else must not use it up: the victim's own exit may be handled after it.
-        bool oom_killed = false;
-        if (*w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen) {
-            ++oom_kills_seen;
-            oom_killed = true;
-        }
-        std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
-        if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
-        error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
-    }
-    fail_task(head, error);
-    if (stopped) break_pool(error);
+    const DeathVerdict verdict = classify_death(death_of(w), options.unit_name, oom_kills_seen);
+    fail_task(head, verdict.error);
+    if (verdict.unit_stopped) break_pool(verdict.error);
     requeue_window(w);
 }
 
@@ -860,10 +849,7 @@ void PoolCore::Impl::finalize_dead_workers() {
         if (!w.in_flight.empty()) {
             // systemd's SIGTERM or SIGKILL, and the anchor still there: was the unit stopped, or this worker alone
             // killed? The manager says, on the bus thread; the worker waits here until it has.
-            // (A SIGKILL the cgroup's OOM count explains is the OOM killer's; a SIGTERM never is.)
-            const bool oom_explains_it = *w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen;
-            if (!w.unit_gone_verdict && !main_process_gone() && ends_like_a_stopped_unit(*w.exit_status) &&
-                !oom_explains_it) {
+            if (needs_unit_verdict(death_of(w), oom_kills_seen)) {
                 if (!w.awaiting_verdict) {
                     w.awaiting_verdict = true;
                     pool_bus->ask_unit_state(w.pid);
