@@ -7,7 +7,10 @@
 //   pool_tasks.cpp    settling tasks, failing the queued ones, taking a lost worker's window back
 //   scheduler.hpp     the dispatch policy (which task goes where, windows, requeueing, spawns): plain code
 //   worker_death.hpp  what a worker's death means for its task: plain code
-
+//
+// Threads: the submitting threads (submit, cancel, shutdown, stats, any number of them), the dispatcher thread
+// (the only one that talks to workers and the fork server), the PoolBus thread (D-Bus calls, see pool_bus.hpp),
+// and the destructor's. Each member below says which of them may touch it.
 
 #include <poll.h>
 #include <signal.h>
@@ -51,7 +54,8 @@ using std::chrono::milliseconds;
 inline constexpr milliseconds kEntryTimeout{30'000};
 inline constexpr milliseconds kSpawnTimeout{30'000};
 
-// One worker process; its window (TaskWindow: in_flight, assigned) is what the dispatch policy sees of it.
+// One worker process. The dispatcher thread's alone (the constructing thread's until the dispatcher starts); its
+// window (TaskWindow: in_flight, assigned) is what the dispatch policy sees of it.
 struct Worker : TaskWindow {
     pid_t pid = -1;
     Fd socket;
@@ -62,8 +66,8 @@ struct Worker : TaskWindow {
     MessageReader reader;
     MessageWriter writer;
     Clock::time_point head_since;  // when the head task started, as far as the owner knows
-    // heartbeat_timeout: the worker's page (heartbeat_page.hpp), and the latest heartbeat seen on it, which may be
-    // one of an earlier task (then head_since counts). Both the dispatcher's.
+    // heartbeat_timeout: the worker's page (heartbeat_page.hpp; the worker writes it, any time), and the latest
+    // heartbeat seen on it, which may be one of an earlier task (then head_since counts).
     HeartbeatView heartbeat;
     Clock::time_point last_beat_seen;
     std::uint64_t last_answered = 0;  // id of the last task it answered
@@ -104,23 +108,23 @@ struct PollSet {
 };
 
 struct PoolCore::Impl {
-    // Set at construction, read-only afterwards (any thread).
+    // Set at construction, read-only afterwards: any thread.
     Properties properties;
     PoolOptions options;
     WireLimits limits;
+    DispatchLimits dispatch{options.max_window, options.max_tasks_per_child};
     std::optional<Bus> bus;
     std::optional<Unit> unit;
     std::string control_group;
     uint32_t main_pid = 0;
     bool exec = false;  // StartMethod::exec: the fork server is the unit's main process, its workers born inside
-    Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline
-    Fd wake;    // eventfd: new tasks, cancellations, bus answers, shutdown
+    Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline (polled by the dispatcher)
+    Fd wake;    // eventfd, written by any thread (wake_up()), read by the dispatcher
     std::uint64_t id_key = 0;
-    DispatchLimits dispatch{options.max_window, options.max_tasks_per_child};
 
-    // Shared between the submitting threads and the dispatcher: guarded by `mutex`.
+    // Shared by the submitting threads, the dispatcher and the destructor: guarded by `mutex`.
     std::mutex mutex;
-    std::condition_variable changed;
+    std::condition_variable changed;  // waited on by shutdown(wait), end_workers() and the destructor
     TaskQueue queue{dispatch};
     std::vector<std::shared_ptr<TaskState>> cancelled_running;  // resolved by cancel(); their workers must go
     std::size_t unfinished = 0;
@@ -132,21 +136,26 @@ struct PoolCore::Impl {
     bool dispatcher_done = false;
     std::exception_ptr broken;
 
-    // The dispatcher thread's own (the constructing thread's until it starts).
+    // The dispatcher thread's alone (the constructing thread's until it starts, the destructor's once it ended).
     ForkServer server;
-    std::atomic<std::size_t> target_workers{1};  // written by the dispatcher, read by max_workers()
     std::vector<std::unique_ptr<Worker>> workers;
     std::size_t spawning = 0;
     Clock::time_point spawn_requested;
     bool server_alive = true;
     uint64_t oom_kills_seen = 0;
     std::optional<Clock::time_point> sigkill_at;  // terminate_workers: when SIGKILL follows SIGTERM
+    // Made by the constructor, then the dispatcher's; its own thread calls wake_up() after each answer.
     std::unique_ptr<PoolBus> pool_bus;
-    std::thread dispatcher;
 
-    // Read by any thread.
+    // Written by the dispatcher, read by any thread (max_workers()): atomic.
+    std::atomic<std::size_t> target_workers{1};
+
+    // Written by the dispatcher (update_pids()), read by any thread (worker_pids()): guarded by pids_mutex.
     mutable std::mutex pids_mutex;
-    std::vector<pid_t> pids;  // guarded by pids_mutex
+    std::vector<pid_t> pids;
+
+    // Started by the constructor, joined by the destructor.
+    std::thread dispatcher;
 
     Impl(Properties p, PoolOptions o);
     ~Impl();

@@ -22,6 +22,11 @@ namespace sdfutures::detail {
 //
 // The status is written here and nowhere else: each move below is one atomic step that fails when another thread
 // moved the task first (a cancel() claiming it races every move the dispatcher makes).
+//
+// Threads: id, the code addresses and pool are set by the submitting thread before the task is queued (under the
+// pool's mutex), read-only afterwards. The status is atomic, moved by any thread. The submission's complete and
+// fail are called, then cleared, only by the thread that resolved the task; its arguments are read and then
+// dropped by the dispatcher alone.
 struct TaskState {
     enum Status : int { queued, sent, started, resolved };
     std::uint64_t id = 0;  // unguessable: a worker's reply must name the task it answers
