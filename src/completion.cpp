@@ -131,7 +131,7 @@ void TaskState::unwatch(const CompletionQueue& queue) noexcept {
 
 bool task_done(const TaskState& task) noexcept { return task.done(); }
 
-bool task_running(const TaskState& task) noexcept { return task.status.load() == TaskState::started; }
+bool task_running(const TaskState& task) noexcept { return task.status() == TaskState::started; }
 
 void add_done_callback(TaskState& task, std::function<void()> callback) { task.add_callback(std::move(callback)); }
 

@@ -7,15 +7,10 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <random>
 #include <span>
 #include <thread>
@@ -26,29 +21,25 @@
 #include "exec_server.hpp"
 #include "fork_server.hpp"
 #include "heartbeat_page.hpp"
+#include "pool_impl.hpp"
 #include "program_image.hpp"
 #include "property_reach.hpp"
 #include "pool_bus.hpp"
 #include "sys.hpp"
 #include "task_state.hpp"
+#include "worker_death.hpp"
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
+
+// The pool's facade and lifetime: construction (the unit, the fork server, the first workers), how workers arrive,
+// stop and leave (the fork server's events, the bus's answers), PoolCore's calls, and teardown. The dispatcher
+// thread's loop is in dispatcher.cpp, the dispatch policy in scheduler.hpp, what a death means in worker_death.hpp.
 
 namespace sdfutures {
 namespace detail {
 
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-
 namespace {
 
-// Bounds on what the dispatcher waits for from a worker or the fork server before it gives up on them; far
-// above what they take (a worker enters a unit in about a millisecond), so they only end real hangs.
-constexpr milliseconds kEntryTimeout{30'000};
-constexpr milliseconds kSpawnTimeout{30'000};
-constexpr milliseconds kLingerTimeout{5'000};
-// Records read from one worker before the dispatcher looks at the others again.
-constexpr int kRecordsPerTurn = 256;
 
 // The CPUs the unit may use: AllowedCPUs= and CPUQuota= (rounded up) bound the machine's.
 std::size_t default_worker_count(const Properties& properties) {
@@ -68,151 +59,12 @@ std::size_t default_worker_count(const Properties& properties) {
     return std::max<std::size_t>(cpus, 1);
 }
 
-bool pipe_reader_gone(int write_fd) { return sys::poll_now(write_fd, 0) & POLLERR; }
-
 std::string release_message(uint32_t main_pid) {
     auto pid = static_cast<pid_t>(main_pid);
     return {reinterpret_cast<const char*>(&pid), sizeof pid};
 }
 
-// Whether a worker ended the way every process of a stopped unit ends (systemd's SIGTERM, or SIGKILL after
-// TimeoutStopSec=): then only the manager can say whether the unit was stopped or the worker alone was killed.
-bool ends_like_a_stopped_unit(int exit_status) { return exit_status == -SIGTERM || exit_status == -SIGKILL; }
-
 }  // namespace
-
-struct Worker {
-    pid_t pid = -1;
-    Fd socket;
-    Fd pidfd;
-    // attaching: the owner asked systemd to attach it; entering: released, not yet reported "entered".
-    enum class Phase { attaching, entering, ready } phase = Phase::attaching;
-    Clock::time_point phase_since = Clock::now();
-    MessageReader reader;
-    MessageWriter writer;
-    std::deque<std::shared_ptr<TaskState>> in_flight;  // sent, in order; the head is running
-    std::size_t assigned = 0;
-    Clock::time_point head_since;                      // when the head task started, as far as the owner knows
-    // heartbeat_timeout: the worker's page (heartbeat_page.hpp), and the latest heartbeat seen on it, which may be
-    // one of an earlier task (then head_since counts). Both the dispatcher's.
-    HeartbeatView heartbeat;
-    Clock::time_point last_beat_seen;
-    std::uint64_t last_answered = 0;                   // id of the last task it answered
-    bool eof = false;          // nothing more is read from it
-    bool write_closed = false;
-    bool condemned = false;    // killed by the pool, its tasks already settled
-    bool stopped = false;      // stopped by a signal: takes no tasks until it continues
-    bool awaiting_verdict = false;
-    std::optional<bool> unit_gone_verdict;
-    std::exception_ptr entry_error;  // a replacement's failure to enter, until the manager says whether the unit stopped
-    std::optional<Clock::time_point> idle_done_since;  // done with its quota and idle, yet still alive
-    std::optional<int> exit_status;
-
-    explicit Worker(std::size_t max_reply_bytes) : reader(max_reply_bytes) {}
-    void signal(int signo) const {
-        if (pidfd) ::syscall(SYS_pidfd_send_signal, pidfd.get(), signo, nullptr, 0);
-    }
-    void kill() const { signal(SIGKILL); }
-    bool alive() const { return !exit_status; }
-    bool takes_tasks(std::size_t max_tasks) const {
-        return phase == Phase::ready && !eof && !condemned && !stopped && alive() &&
-               !(max_tasks && assigned >= max_tasks);
-    }
-};
-
-struct PoolCore::Impl {
-    // Set at construction, read-only afterwards (any thread).
-    Properties properties;
-    PoolOptions options;
-    WireLimits limits;
-    std::optional<Bus> bus;
-    std::optional<Unit> unit;
-    std::string control_group;
-    uint32_t main_pid = 0;
-    bool exec = false;  // StartMethod::exec: the fork server is the unit's main process, its workers born inside
-    Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline
-    Fd wake;    // eventfd: new tasks, cancellations, bus answers, shutdown
-    std::uint64_t id_key = 0;
-
-    // Shared between the submitting threads and the dispatcher: guarded by `mutex`.
-    std::mutex mutex;
-    std::condition_variable changed;
-    std::deque<std::shared_ptr<TaskState>> queue;
-    std::vector<std::shared_ptr<TaskState>> cancelled_running;  // resolved by cancel(); their workers must go
-    std::size_t unfinished = 0;
-    PoolStats counts;  // all but `queued`, which is unfinished - counts.running
-    std::uint64_t next_id = 0;
-    bool accepting = true;
-    bool retire = false;
-    std::optional<std::optional<milliseconds>> end_workers_request;  // grace; set by end_workers()
-    bool dispatcher_done = false;
-    std::exception_ptr broken;
-
-    // The dispatcher thread's own (the constructing thread's until it starts).
-    ForkServer server;
-    std::atomic<std::size_t> target_workers{1};  // written by the dispatcher, read by max_workers()
-    std::vector<std::unique_ptr<Worker>> workers;
-    std::size_t spawning = 0;
-    Clock::time_point spawn_requested;
-    bool server_alive = true;
-    uint64_t oom_kills_seen = 0;
-    std::optional<Clock::time_point> sigkill_at;  // terminate_workers: when SIGKILL follows SIGTERM
-    std::unique_ptr<PoolBus> pool_bus;
-    std::thread dispatcher;
-
-    // Read by any thread.
-    mutable std::mutex pids_mutex;
-    std::vector<pid_t> pids;  // guarded by pids_mutex
-
-    Impl(Properties p, PoolOptions o);
-    ~Impl();
-
-    // construction
-    void start_attached(Manager& manager, const WorkerConfig& config);
-    void start_exec(Manager& manager, const WorkerConfig& config);
-    void spawn_initial_workers();
-    void wait_until_entered(Worker& w);
-    void teardown() noexcept;
-
-    // dispatcher thread: the loop, then its steps
-    void run_dispatcher();
-    bool retired();
-    void take_requests();
-    void take_bus_answers();
-    void assign_tasks();
-    void poll_events(std::vector<pollfd>& fds, std::vector<Worker*>& polled);
-    void enforce_deadlines();
-    void read_worker(Worker& w);
-    void handle_message(Worker& w, Message message);
-    void flush_worker(Worker& w);
-    void handle_server_events();
-    void finalize_dead_workers();
-    void worker_stopped(Worker& w, bool stopped);
-
-    // what the steps share
-    std::unique_ptr<Worker> new_worker(pid_t pid, std::span<Fd, 3> passed, bool dropped);
-    Clock::time_point heartbeat_deadline(const Worker& w) const;
-    bool stalled(Worker& w, Clock::time_point now);
-    void condemn(Worker& w, const std::exception_ptr& error_for_head);
-    void violation(Worker& w, const std::string& what, std::uint64_t offending_id);
-    void requeue_window(Worker& w);
-    void fail_dead_workers_task(Worker& w);
-    void break_pool(const std::exception_ptr& error, int signo = SIGKILL);
-    void fail_queued_tasks(const std::exception_ptr& error);
-    void request_spawn(std::size_t n);
-    void replace_workers();
-    void update_pids();
-    void wake_up();
-    std::size_t live_workers() const;
-    bool main_process_gone() const;
-
-    // tasks
-    enum class Outcome { completed, failed, cancelled };
-    void settle(TaskState& task, int status_before, Outcome outcome);
-    void task_finished(int status_before, Outcome outcome);
-    void start_head(Worker& w);
-    void fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error);
-};
 
 PoolCore::Impl::Impl(Properties p, PoolOptions o)
     : properties(std::move(p)), options(std::move(o)), limits{options.max_result_bytes, WireLimits{}.max_depth} {
@@ -401,150 +253,9 @@ void PoolCore::Impl::update_pids() {
 
 // Workers that count towards max_workers: alive, trusted, and not done with their quota of tasks.
 std::size_t PoolCore::Impl::live_workers() const {
-    const std::size_t quota = options.max_tasks_per_child;
-    return static_cast<std::size_t>(std::count_if(workers.begin(), workers.end(), [quota](auto& w) {
-        return w->alive() && !w->condemned && !(quota && w->assigned >= quota);
+    return static_cast<std::size_t>(std::count_if(workers.begin(), workers.end(), [this](auto& w) {
+        return w->alive() && !w->condemned && !dispatch.quota_reached(*w);
     }));
-}
-
-namespace {
-
-PoolCore::Impl::Outcome outcome_of(const std::exception_ptr& error) {
-    try {
-        std::rethrow_exception(error);
-    } catch (const TaskCancelled&) {
-        return PoolCore::Impl::Outcome::cancelled;
-    } catch (...) {
-        return PoolCore::Impl::Outcome::failed;
-    }
-}
-
-}  // namespace
-
-// After the task's future was fulfilled by the thread that resolved it: its callbacks and watches, then the count.
-// Callbacks run first, so that shutdown(true) and the destructor, which wait for the count, return after them.
-void PoolCore::Impl::settle(TaskState& task, int status_before, Outcome outcome) {
-    // The promise goes at once, not when the last holder of the task lets go of it: the result's memory is not
-    // kept for a Task the user holds on to, and the future's shared state (and a task's exception in it) is
-    // released by this thread before the waiting side can be long done with it (see scripts/sanitize-tsan).
-    task.submission.complete = nullptr;
-    task.submission.fail = nullptr;
-    task.complete();
-    task_finished(status_before, outcome);
-}
-
-void PoolCore::Impl::task_finished(int status_before, Outcome outcome) {
-    std::lock_guard lock(mutex);
-    --unfinished;
-    if (status_before == TaskState::started) --counts.running;
-    switch (outcome) {
-    case Outcome::completed: ++counts.completed; break;
-    case Outcome::failed: ++counts.failed; break;
-    case Outcome::cancelled: ++counts.cancelled; break;
-    }
-    changed.notify_all();
-    // A retiring dispatcher sleeps in poll() until this count reaches zero, which a task cancelled by another
-    // thread brings about without any event of its own. Under the lock: the pool may be gone right after.
-    if (retire && unfinished == 0) wake_up();
-}
-
-void PoolCore::Impl::fail_task(const std::shared_ptr<TaskState>& task, std::exception_ptr error) {
-    const int before = task->claim_from();
-    if (before == TaskState::resolved) return;
-    const Outcome outcome = outcome_of(error);
-    try {
-        task->submission.fail(std::move(error));
-    } catch (...) {
-    }
-    settle(*task, before, outcome);
-}
-
-// The task at the head of a worker's window is the one it runs (as far as the owner knows).
-void PoolCore::Impl::start_head(Worker& w) {
-    if (w.in_flight.empty()) return;
-    // Under the lock with the count: a cancel() claiming it meanwhile takes the count back only after this.
-    std::lock_guard lock(mutex);
-    int expected = TaskState::sent;
-    if (w.in_flight.front()->status.compare_exchange_strong(expected, TaskState::started)) ++counts.running;
-}
-
-// The pool can take on no more workers: tasks not started fail with `error` and submit() throws it, while those
-// running finish on the workers there are.
-void PoolCore::Impl::fail_queued_tasks(const std::exception_ptr& error) {
-    std::deque<std::shared_ptr<TaskState>> queued;
-    {
-        std::lock_guard lock(mutex);
-        if (!broken) broken = error;
-        accepting = false;
-        queued.swap(queue);
-    }
-    for (auto& task : queued) fail_task(task, error);
-}
-
-// The pool cannot go on (its unit stopped, its fork server died, ...): every unfinished task fails with `error`,
-// every worker is ended with `signo`, and submit() throws `error` from now on.
-void PoolCore::Impl::break_pool(const std::exception_ptr& error, int signo) {
-    fail_queued_tasks(error);
-    for (auto& w : workers) {
-        for (auto& task : w->in_flight) fail_task(task, error);
-        w->in_flight.clear();
-        w->condemned = true;
-        w->eof = true;
-        w->signal(signo);
-    }
-}
-
-// The pool kills a worker it can no longer trust with tasks (it broke the protocol, ran over its time, or runs a
-// cancelled task). With `error_for_head`, its running task fails with it; every other task it holds (sent ahead,
-// never started, or innocent of what the worker did) goes back to the front of the queue.
-void PoolCore::Impl::condemn(Worker& w, const std::exception_ptr& error_for_head) {
-    if (w.condemned) return;
-    w.condemned = true;
-    w.eof = true;  // whatever else it sent cannot be trusted
-    w.kill();
-    if (error_for_head && !w.in_flight.empty()) {
-        auto head = std::move(w.in_flight.front());
-        w.in_flight.pop_front();
-        fail_task(head, error_for_head);
-    }
-    requeue_window(w);  // a head already settled (cancelled) is dropped there
-    update_pids();
-}
-
-void PoolCore::Impl::requeue_window(Worker& w) {
-    std::exception_ptr error;
-    {
-        std::lock_guard lock(mutex);
-        error = broken;
-        if (!error) {
-            for (auto it = w.in_flight.rbegin(); it != w.in_flight.rend(); ++it) {
-                int expected = TaskState::sent;
-                bool back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
-                if (!back && expected == TaskState::started) {
-                    back = (*it)->status.compare_exchange_strong(expected, TaskState::queued);
-                    if (back) --counts.running;
-                }
-                if (back) queue.push_front(std::move(*it));
-            }
-        }
-    }
-    // A broken pool takes no task back: nothing would run it.
-    if (error)
-        for (auto& task : w.in_flight) fail_task(task, error);
-    w.in_flight.clear();
-}
-
-void PoolCore::Impl::violation(Worker& w, const std::string& what, std::uint64_t offending_id) {
-    auto error = std::make_exception_ptr(ProtocolError(
-        "worker " + std::to_string(w.pid) + " broke the channel protocol (" + what +
-        "): whatever ran in it wrote to the library's channel; the worker was killed and replaced"));
-    // A second answer to the task it answered last is that task's doing: it is settled already, and the task now
-    // at the head (which may never have started) is innocent.
-    if (offending_id != 0 && offending_id == w.last_answered) {
-        condemn(w, nullptr);
-        return;
-    }
-    condemn(w, error);
 }
 
 std::unique_ptr<Worker> PoolCore::Impl::new_worker(pid_t pid, std::span<Fd, 3> passed, bool dropped) {
@@ -672,443 +383,10 @@ void PoolCore::Impl::take_bus_answers() {
             w.unit_gone_verdict = answer.unit_gone;
             w.awaiting_verdict = false;
             if (w.entry_error)  // a replacement that could not start: nothing will
-                break_pool(answer.unit_gone ? std::make_exception_ptr(UnitStopped(options.unit_name)) : w.entry_error);
+                break_pool(failed_entry_error(answer.unit_gone, options.unit_name, w.entry_error));
             break;
         }
     }
-}
-
-void PoolCore::Impl::read_worker(Worker& w) {
-    for (int turn = 0; turn < kRecordsPerTurn && !w.eof; ++turn) {
-        MessageReader::Got got;
-        try {
-            got = w.reader.read_record(w.socket.get(), true);
-        } catch (const ProtocolError& e) {
-            violation(w, e.what(), 0);
-            return;
-        } catch (const std::bad_alloc&) {
-            violation(w, "a message the owner could not allocate memory for", 0);
-            return;
-        } catch (...) {
-            got = MessageReader::Got::end;  // recvmsg failed: nothing more can be read from it
-        }
-        if (got == MessageReader::Got::nothing) return;
-        if (got == MessageReader::Got::end) {
-            w.eof = true;
-            if (w.reader.mid_message()) {
-                violation(w, "its channel ended in the middle of a message", 0);
-            } else if (w.alive()) {
-                w.kill();  // it closed its socket but lives on: it cannot be talked to
-            }
-            return;
-        }
-        if (got == MessageReader::Got::message) handle_message(w, w.reader.take());
-    }
-}
-
-void PoolCore::Impl::handle_message(Worker& w, Message message) {
-    if (w.phase == Worker::Phase::entering) {
-        if (message.id != 0) return violation(w, "a reply before it entered the unit", message.id);
-        try {
-            decode_reply<void>(message.body.view(), limits);
-            w.phase = Worker::Phase::ready;
-            update_pids();
-            std::lock_guard lock(mutex);
-            ++counts.worker_restarts;  // the dispatcher only sees replacements enter
-        } catch (...) {
-            w.condemned = true;
-            w.kill();
-            // A replacement that cannot enter a unit being stopped (its main process gone) is the stop's doing, and
-            // the anchor pipe cannot tell yet (systemd holds its own copy of the read end until the unit is inactive):
-            // the manager says which, and the pool breaks with that.
-            w.entry_error = std::current_exception();
-            if (main_process_gone()) {
-                break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-            } else {
-                w.awaiting_verdict = true;
-                pool_bus->ask_unit_state(w.pid);
-            }
-        }
-        return;
-    }
-    if (w.phase != Worker::Phase::ready) return violation(w, "a message before it was released", message.id);
-    if (w.in_flight.empty())
-        return violation(w, "a reply (id " + std::to_string(message.id) + ") with no task outstanding", message.id);
-    if (message.id != w.in_flight.front()->id)
-        return violation(w, "a reply for task id " + std::to_string(message.id) + " while task id " +
-                                std::to_string(w.in_flight.front()->id) + " was running",
-                         message.id);
-    auto task = std::move(w.in_flight.front());
-    w.in_flight.pop_front();
-    w.head_since = Clock::now();
-    w.last_answered = task->id;
-    start_head(w);
-    const int before = task->claim_from();
-    if (before == TaskState::resolved) return;  // cancelled while it ran: the answer is no longer wanted
-    Reply reply = Reply::value;
-    std::string().swap(task->submission.arguments);
-    try {
-        reply = task->submission.complete(message.body.view());
-    } catch (...) {
-        reply = Reply::exception;  // only the promise itself can throw here: it was satisfied already
-    }
-    settle(*task, before, reply == Reply::value ? Outcome::completed : Outcome::failed);
-    if (reply == Reply::malformed) {
-        // The task's future holds the ProtocolError already: only its worker goes.
-        condemn(w, nullptr);
-    }
-}
-
-void PoolCore::Impl::flush_worker(Worker& w) {
-    if (w.writer.flush(w.socket.get()) != MessageWriter::Sent::broken) return;
-    // Nothing more can be sent to it: dropping what is queued keeps POLLOUT from waking the loop again and again
-    // until its exit is reported (its tasks are still in in_flight and settle with that report).
-    w.writer.clear();
-    if (w.alive()) w.kill();  // its end is closed, or it was sent a record cut short: it is dying
-}
-
-void PoolCore::Impl::take_requests() {
-    std::vector<std::shared_ptr<TaskState>> cancelled;
-    std::optional<std::optional<milliseconds>> end_request;
-    {
-        std::lock_guard lock(mutex);
-        cancelled.swap(cancelled_running);
-        end_request = std::exchange(end_workers_request, std::nullopt);
-    }
-    for (auto& task : cancelled) {
-        for (auto& w : workers) {
-            if (w->condemned || w->in_flight.empty()) continue;
-            // Only the running task costs its worker; one still waiting in the window is skipped when answered.
-            if (w->in_flight.front() == task) condemn(*w, nullptr);
-        }
-    }
-    if (end_request) {
-        auto error = std::make_exception_ptr(
-            TaskCancelled(std::string("the pool's workers were ended by ") +
-                          (*end_request ? "terminate_workers()" : "kill_workers() or the destructor's shutdown_timeout")));
-        std::exception_ptr broken_before;
-        {
-            std::lock_guard lock(mutex);
-            accepting = false;
-            retire = true;
-            broken_before = broken;
-        }
-        break_pool(error, *end_request ? SIGTERM : SIGKILL);
-        {
-            std::lock_guard lock(mutex);
-            broken = broken_before;  // shut down, not broken: submit() says so
-        }
-        if (*end_request) sigkill_at = Clock::now() + **end_request;
-    }
-}
-
-void PoolCore::Impl::assign_tasks() {
-    std::vector<Worker*> ready;
-    for (auto& w : workers)
-        if (w->takes_tasks(options.max_tasks_per_child)) ready.push_back(w.get());
-    if (ready.empty()) return;
-    std::unique_lock lock(mutex);
-    if (queue.empty()) return;
-    // Tasks go round-robin, idle workers first. Only when there are more tasks than workers does a worker get
-    // several at once (up to max_window), so it finds its next task waiting and batches its replies.
-    std::size_t window =
-        std::clamp<std::size_t>((queue.size() + ready.size() - 1) / ready.size(), 1, options.max_window);
-    std::size_t spawn_needed = 0;
-    for (std::size_t depth = 1; depth <= window && !queue.empty(); ++depth) {
-        for (Worker* w : ready) {
-            if (queue.empty()) break;
-            if (w->in_flight.size() >= depth) continue;
-            if (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) continue;
-            // The head of an empty window is the task the worker runs next: it starts now.
-            const bool head = w->in_flight.empty();
-            std::shared_ptr<TaskState> task;
-            while (!queue.empty() && !task) {
-                task = std::move(queue.front());
-                queue.pop_front();
-                int expected = TaskState::queued;
-                if (!task->status.compare_exchange_strong(expected, head ? TaskState::started : TaskState::sent))
-                    task.reset();  // cancelled
-            }
-            if (!task) break;
-            if (head) {
-                w->head_since = Clock::now();
-                ++counts.running;
-            }
-            w->writer.queue(task->id, encode_task(task->invoker_code, task->function_code, task->submission.arguments));
-            w->in_flight.push_back(std::move(task));
-            ++w->assigned;
-            // Its replacement starts while it finishes its last task.
-            if (options.max_tasks_per_child && w->assigned == options.max_tasks_per_child) ++spawn_needed;
-        }
-    }
-    lock.unlock();
-    if (spawn_needed) {
-        try {
-            request_spawn(spawn_needed);
-        } catch (...) {
-            break_pool(std::current_exception());
-        }
-    }
-    for (Worker* w : ready)
-        if (!w->writer.empty()) flush_worker(*w);
-}
-
-// A worker that died with a task: the task fails saying how, unless the unit was stopped (then everything does).
-void PoolCore::Impl::fail_dead_workers_task(Worker& w) {
-    auto head = std::move(w.in_flight.front());
-    w.in_flight.pop_front();
-    std::exception_ptr error;
-    bool stopped = main_process_gone() || w.unit_gone_verdict.value_or(false);
-    if (stopped) {
-        error = std::make_exception_ptr(UnitStopped(options.unit_name));
-    } else {
-        // Each OOM kill the cgroup records explains one SIGKILLed worker, busy or idle. A worker that died of
-        // something else must not use it up: the victim's own exit may be handled after it.
-        bool oom_killed = false;
-        if (*w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen) {
-            ++oom_kills_seen;
-            oom_killed = true;
-        }
-        std::string how = "the worker (pid " + std::to_string(w.pid) + ") running the task " + describe_exit(*w.exit_status);
-        if (oom_killed) how += " by the kernel's OOM killer (the unit's MemoryMax= was reached)";
-        error = std::make_exception_ptr(ProcessDied(how, *w.exit_status));
-    }
-    fail_task(head, error);
-    if (stopped) break_pool(error);
-    requeue_window(w);
-}
-
-void PoolCore::Impl::finalize_dead_workers() {
-    bool removed = false;
-    for (auto it = workers.begin(); it != workers.end();) {
-        Worker& w = **it;
-        if (!(w.eof && w.exit_status) || (w.entry_error && w.awaiting_verdict)) {
-            ++it;
-            continue;
-        }
-        if (!w.in_flight.empty()) {
-            // systemd's SIGTERM or SIGKILL, and the anchor still there: was the unit stopped, or this worker alone
-            // killed? The manager says, on the bus thread; the worker waits here until it has.
-            // (A SIGKILL the cgroup's OOM count explains is the OOM killer's; a SIGTERM never is.)
-            const bool oom_explains_it = *w.exit_status == -SIGKILL && oom_kill_count(control_group) > oom_kills_seen;
-            if (!w.unit_gone_verdict && !main_process_gone() && ends_like_a_stopped_unit(*w.exit_status) &&
-                !oom_explains_it) {
-                if (!w.awaiting_verdict) {
-                    w.awaiting_verdict = true;
-                    pool_bus->ask_unit_state(w.pid);
-                }
-                ++it;
-                continue;
-            }
-            fail_dead_workers_task(w);
-        }
-        it = workers.erase(it);
-        removed = true;
-    }
-    if (!removed) return;
-    update_pids();
-    replace_workers();
-}
-
-void PoolCore::Impl::replace_workers() {
-    bool replace;
-    {
-        std::lock_guard lock(mutex);
-        // A retiring pool still finishes what it was given: a worker lost on the way is replaced while tasks remain.
-        replace = !broken && server_alive && (!retire || !queue.empty() || unfinished > 0);
-    }
-    std::size_t live = live_workers() + spawning;
-    if (replace && live < target_workers.load()) {
-        try {
-            request_spawn(target_workers.load() - live);
-        } catch (...) {
-            break_pool(std::current_exception());
-        }
-    }
-}
-
-void PoolCore::Impl::enforce_deadlines() {
-    const auto now = Clock::now();
-    for (auto& w : workers) {
-        if (w->condemned || !w->alive()) continue;
-        if (w->phase == Worker::Phase::entering && now - w->phase_since > kEntryTimeout) {
-            w->condemned = true;
-            w->kill();
-            break_pool(std::make_exception_ptr(
-                SetupError("enter the unit", 0, "replacement worker " + std::to_string(w->pid) +
-                                                    " did not report within " + std::to_string(kEntryTimeout.count()) + " ms")));
-            return;
-        }
-        if (options.heartbeat_timeout && !w->in_flight.empty() && now >= heartbeat_deadline(*w) && stalled(*w, now)) {
-            condemn(*w, std::make_exception_ptr(TaskStalled(
-                            "the task went longer than the pool's heartbeat_timeout of " +
-                            std::to_string(options.heartbeat_timeout->count()) +
-                            " ms without calling sdfutures::this_task::heartbeat() (pool unit " + options.unit_name +
-                            "); its worker was killed and replaced")));
-            continue;
-        }
-        if (options.task_timeout && !w->in_flight.empty() && now >= w->head_since + *options.task_timeout) {
-            // Its answer may be waiting in the socket already: take it before blaming the task.
-            if (!w->eof) read_worker(*w);
-            if (w->condemned || w->in_flight.empty() || now < w->head_since + *options.task_timeout) continue;
-            condemn(*w, std::make_exception_ptr(TaskTimeout(
-                            "the task ran longer than the pool's task_timeout of " +
-                            std::to_string(options.task_timeout->count()) + " ms; its worker was killed and replaced")));
-        }
-    }
-    for (auto& w : workers) {
-        // A worker done with its quota (or told to finish) exits once its last task is answered; one that lingers
-        // (a thread of its task holding it up) is ended after a grace period, so it cannot hold a slot forever.
-        const bool done = (options.max_tasks_per_child && w->assigned >= options.max_tasks_per_child) || w->write_closed;
-        if (!done || !w->in_flight.empty() || w->condemned || !w->alive()) {
-            w->idle_done_since.reset();
-            continue;
-        }
-        if (!w->idle_done_since) w->idle_done_since = now;
-        else if (now - *w->idle_done_since > kLingerTimeout) condemn(*w, nullptr);
-    }
-    if (spawning > 0 && server_alive && now - spawn_requested > kSpawnTimeout) {
-        spawning = 0;
-        break_pool(std::make_exception_ptr(Error("the pool's fork server (pid " + std::to_string(server.pid) +
-                                                 ") forked no worker within " + std::to_string(kSpawnTimeout.count()) +
-                                                 " ms; the pool cannot go on")));
-    }
-    if (sigkill_at && now >= *sigkill_at) {
-        for (auto& w : workers)
-            if (w->alive()) w->kill();
-        sigkill_at.reset();
-    }
-}
-
-// When the running task stalls unless the worker beats before: heartbeat_timeout after its start or the latest
-// heartbeat the dispatcher saw, whichever is later.
-Clock::time_point PoolCore::Impl::heartbeat_deadline(const Worker& w) const {
-    return std::max(w.head_since, w.last_beat_seen) + *options.heartbeat_timeout;
-}
-
-// At the heartbeat deadline: looks at the worker's page once (nothing is read between deadlines, so heartbeat()
-// costs the owner nothing) and moves the deadline to the latest beat; true when the task has stalled even so.
-//
-// The worker may have written anything on its page. A stamp later than the owner's clock is taken as a heartbeat
-// now: a worker scribbling such values keeps its own task alive only by going on scribbling, as a task calling
-// heartbeat() would, and task_timeout (if set) still ends it. Any other garbage (0, negative, in the past) is
-// older than the task's start and changes nothing: the task stalls. Nothing else is derived from the value, and
-// each worker's page is read only for that worker, so no value can touch another task.
-bool PoolCore::Impl::stalled(Worker& w, Clock::time_point now) {
-    const std::int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-    const std::int64_t beat_ns = std::min(w.heartbeat.last_beat_ns(), now_ns);
-    const auto beat = Clock::time_point(std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(beat_ns)));
-    w.last_beat_seen = std::max(w.last_beat_seen, beat);
-    if (now < heartbeat_deadline(w)) return false;
-    // Its answer may be waiting in the socket already: take it before blaming the task.
-    if (!w.eof) read_worker(w);
-    return !w.condemned && !w.in_flight.empty() && now >= heartbeat_deadline(w);
-}
-
-// fork, forkserver: cat, the anchor pipe's reader, ended; exec: the fork server itself, the unit's main process.
-// Either way systemd stops the unit with it.
-bool PoolCore::Impl::main_process_gone() const {
-    if (!exec) return pipe_reader_gone(anchor.get());
-    return sys::poll_now(server.pidfd.get(), POLLIN) & POLLIN;
-}
-
-bool PoolCore::Impl::retired() {
-    {
-        std::lock_guard lock(mutex);
-        if (!(retire && queue.empty() && unfinished == 0)) return false;
-    }
-    // Closing our sending side lets each worker finish and exit on end of file.
-    for (auto& w : workers)
-        if (!w->write_closed && w->writer.empty()) {
-            ::shutdown(w->socket.get(), SHUT_WR);
-            w->write_closed = true;
-        }
-    return (workers.empty() && spawning == 0) || !server_alive;
-}
-
-void PoolCore::Impl::poll_events(std::vector<pollfd>& fds, std::vector<Worker*>& polled) {
-    fds.clear();
-    polled.clear();
-    fds.push_back({wake.get(), POLLIN, 0});
-    fds.push_back({server.control.get(), POLLIN, 0});
-    // POLLERR once the unit's main process is gone (the anchor pipe's reader, or the exec'd server's pidfd).
-    if (exec) fds.push_back({server.pidfd.get(), POLLIN, 0});
-    else fds.push_back({anchor.get(), 0, 0});
-    constexpr std::size_t kFixed = 3;
-    for (auto& w : workers) {
-        if (w->eof) continue;
-        short events = POLLIN;
-        if (!w->writer.empty()) events |= POLLOUT;
-        fds.push_back({w->socket.get(), events, 0});
-        polled.push_back(w.get());
-    }
-    // Sleep until the nearest deadline: a task's timeout, a worker's entry, the fork server's answer, SIGKILL.
-    std::optional<Clock::time_point> next;
-    auto consider = [&](Clock::time_point t) { next = next ? std::min(*next, t) : t; };
-    for (auto& w : workers) {
-        if (w->condemned || !w->alive()) continue;
-        if (w->phase == Worker::Phase::entering) consider(w->phase_since + kEntryTimeout);
-        if (options.task_timeout && !w->in_flight.empty()) consider(w->head_since + *options.task_timeout);
-        if (options.heartbeat_timeout && !w->in_flight.empty()) consider(heartbeat_deadline(*w));
-        if (w->idle_done_since) consider(*w->idle_done_since + kLingerTimeout);
-    }
-    if (spawning > 0) consider(spawn_requested + kSpawnTimeout);
-    if (sigkill_at) consider(*sigkill_at);
-    int timeout_ms = -1;
-    if (next)
-        timeout_ms = static_cast<int>(std::max<long long>(0, std::chrono::ceil<milliseconds>(*next - Clock::now()).count()));
-    if (sys::poll(fds.data(), fds.size(), timeout_ms) < 0) {
-        for (auto& p : fds) p.revents = 0;
-        return;
-    }
-    if (fds[0].revents & POLLIN) {
-        uint64_t count;
-        [[maybe_unused]] ssize_t n = sys::read(wake.get(), &count, sizeof count);
-    }
-    for (std::size_t i = 0; i < polled.size(); ++i) {
-        Worker& w = *polled[i];
-        short revents = fds[kFixed + i].revents;
-        if (revents & (POLLIN | POLLHUP | POLLERR)) read_worker(w);
-        if ((revents & POLLOUT) && !w.eof) flush_worker(w);
-    }
-    if (fds[1].revents) handle_server_events();
-    if (fds[2].revents & (POLLERR | POLLIN)) {
-        bool already;
-        {
-            std::lock_guard lock(mutex);
-            already = broken != nullptr;
-        }
-        if (!already) break_pool(std::make_exception_ptr(UnitStopped(options.unit_name)));
-    }
-}
-
-void PoolCore::Impl::run_dispatcher() {
-    ::fcntl(server.control.get(), F_SETFL, O_NONBLOCK);
-    std::vector<pollfd> fds;
-    std::vector<Worker*> polled;
-    for (;;) {
-        try {
-            take_requests();
-            take_bus_answers();
-            // A verdict just taken may be all a dead worker's task waited for; no event would follow it, so the
-            // task must settle now, not after the next poll (which could sleep until an unrelated deadline).
-            finalize_dead_workers();
-            // Before the retiring check: dropping cancelled tasks from the queue may be what it waits for, and no
-            // event would follow to bring the loop back to it.
-            assign_tasks();
-            if (retired()) break;
-            poll_events(fds, polled);
-            enforce_deadlines();
-            finalize_dead_workers();
-        } catch (...) {
-            // Nothing a worker sends gets here (read_worker contains it); memory running out in the owner might.
-            // The pool cannot be trusted to go on, but it must not take the owner down with it.
-            break_pool(std::current_exception());
-        }
-    }
-    std::lock_guard lock(mutex);
-    dispatcher_done = true;
-    changed.notify_all();
 }
 
 PoolCore::PoolCore(Properties properties, PoolOptions options)
@@ -1148,7 +426,7 @@ std::vector<std::shared_ptr<TaskState>> PoolCore::submit_many(std::vector<Submis
             z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
             task->id = (z ^ (z >> 31)) | 1;  // never 0, the bootstrap id
         }
-        impl_->queue.insert(impl_->queue.end(), tasks.begin(), tasks.end());
+        impl_->queue.append(tasks);
         impl_->unfinished += tasks.size();
     }
     impl_->wake_up();
@@ -1178,16 +456,15 @@ bool PoolCore::cancel(const std::shared_ptr<TaskState>& task) {
 }
 
 void PoolCore::shutdown(bool wait, bool cancel_pending) {
-    std::deque<std::shared_ptr<TaskState>> pending;
+    std::vector<std::shared_ptr<TaskState>> pending;
     {
         std::lock_guard lock(impl_->mutex);
         impl_->accepting = false;
-        if (cancel_pending) pending = impl_->queue;
+        if (cancel_pending) pending = impl_->queue.snapshot();
     }
     // Only tasks still queued: one the dispatcher sends meanwhile runs to its end, as a started task does.
     for (auto& task : pending) {
-        int expected = TaskState::queued;
-        if (!task->status.compare_exchange_strong(expected, TaskState::resolved)) continue;
+        if (!task->claim_if_queued()) continue;
         try {
             task->submission.fail(std::make_exception_ptr(TaskCancelled("the task was cancelled before it started")));
         } catch (...) {

@@ -19,9 +19,16 @@ namespace sdfutures::detail {
 // → resolved, or cancelled while queued or sent. A task sent or started goes back to `queued` when its worker is
 // lost through no fault of the task. Whoever moves it to `resolved` (the dispatcher, or a thread cancelling it)
 // alone fulfils its future, runs its completion and counts it finished.
+//
+// The status is written here and nowhere else: each move below is one atomic step that fails when another thread
+// moved the task first (a cancel() claiming it races every move the dispatcher makes).
+//
+// Threads: id, the code addresses and pool are set by the submitting thread before the task is queued (under the
+// pool's mutex), read-only afterwards. The status is atomic, moved by any thread. The submission's complete and
+// fail are called, then cleared, only by the thread that resolved the task; its arguments are read and then
+// dropped by the dispatcher alone.
 struct TaskState {
     enum Status : int { queued, sent, started, resolved };
-    std::atomic<int> status{queued};
     std::uint64_t id = 0;  // unguessable: a worker's reply must name the task it answers
     PoolCore::Submission submission;
     // What the worker is told to run: the invoker's and the function's addresses, or (exec) their offsets in the
@@ -30,14 +37,40 @@ struct TaskState {
     std::uintptr_t function_code = 0;
     PoolCore::Impl* pool = nullptr;
 
+    int status() const noexcept { return status_.load(); }
+
+    // queued → started when it is the head of its worker's window (`runs_now`), else queued → sent. False when
+    // the task was no longer queued (cancelled): it must not be sent.
+    bool hand_out(bool runs_now) noexcept {
+        int expected = queued;
+        return status_.compare_exchange_strong(expected, runs_now ? started : sent);
+    }
+    // sent → started: the task became the head of its worker's window. False when it was not `sent`.
+    bool start() noexcept {
+        int expected = sent;
+        return status_.compare_exchange_strong(expected, started);
+    }
+    // sent or started → queued, when its worker is lost through no fault of the task: the status it had, or
+    // `resolved` when someone resolved it first (then it stays resolved and must not be queued again).
+    int take_back() noexcept {
+        int s = status_.load();
+        while (s == sent || s == started)
+            if (status_.compare_exchange_weak(s, queued)) return s;
+        return resolved;
+    }
     // Claims the right to resolve the task: the status it had, or `resolved` when someone else already did.
     int claim_from() noexcept {
-        int s = status.load();
+        int s = status_.load();
         while (s != resolved)
-            if (status.compare_exchange_weak(s, resolved)) return s;
+            if (status_.compare_exchange_weak(s, resolved)) return s;
         return resolved;
     }
     bool claim() noexcept { return claim_from() != resolved; }
+    // Claims it only while it is still queued: a task a worker has (sent or started) is left to run.
+    bool claim_if_queued() noexcept {
+        int expected = queued;
+        return status_.compare_exchange_strong(expected, resolved);
+    }
 
     // Completion. Called once, by the thread that resolved the task, right after it fulfilled the future: marks
     // the task done and runs its callbacks and watches. Never throws.
@@ -48,6 +81,7 @@ struct TaskState {
     void unwatch(const CompletionQueue& queue) noexcept;
 
 private:
+    std::atomic<int> status_{queued};
     struct Watch {
         std::shared_ptr<CompletionQueue> queue;
         std::size_t index;
