@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "bus_state.hpp"
+#include "property_catalog.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 #include "sdfutures/system_info.hpp"
@@ -58,13 +59,9 @@ std::string typed_text(const sdbus::Variant& value) {
     }
 }
 
-// Properties whose later assignments add to earlier ones, as in unit files (an empty one resets the list).
 bool accumulates(std::string_view name) {
-    static constexpr std::string_view lists[] = {
-        "SupplementaryGroups", "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths",
-        "BindPaths", "BindReadOnlyPaths", "TemporaryFileSystem", "RuntimeDirectory", "StateDirectory",
-        "CacheDirectory", "LogsDirectory", "ConfigurationDirectory", "LoadCredential", "SetCredential"};
-    return std::find(std::begin(lists), std::end(lists), name) != std::end(lists);
+    const detail::PropertyRow* row = detail::find_property(name);
+    return row && row->accumulates;
 }
 
 // What systemd ends up with for `name`, as unit-file text; nullopt when it was not given.
@@ -174,22 +171,17 @@ void check_group(const char* property, const std::string& value, const std::stri
                                                  name + "'; numeric gids are passed to systemd as they are)");
 }
 
-// Properties that give the unit a file system view of its own in which WorkingDirectory= may exist although
-// it does not here: another root, a tmpfs or bind mount at or above it, or a directory systemd creates
-// before it changes into it.
-constexpr std::string_view kOwnFileSystemView[] = {
-    "RootDirectory",  "RootImage",       "MountImages",     "ExtensionImages",  "ExtensionDirectories",
-    "TemporaryFileSystem", "BindPaths",  "BindReadOnlyPaths", "RuntimeDirectory", "StateDirectory",
-    "CacheDirectory", "LogsDirectory",   "ConfigurationDirectory"};
-
 void check_working_directory(const Properties& properties) {
     std::optional<std::string> dir = last_string(properties, "WorkingDirectory");
     // "-/path": systemd starts the unit without it; "~": the user's home, resolved by systemd.
     if (!dir || dir->empty() || dir->front() != '/') return;
     // The unit may see another file system than this process: then only systemd can tell (and the decode of a
     // failed start names 200/CHDIR). Without those, this process's view is taken for the manager's.
-    for (std::string_view name : kOwnFileSystemView)
-        if (properties.contains(name)) return;
+    // (another root, a tmpfs or bind mount at or above it, or a directory systemd creates before it changes into it)
+    for (const auto& entry : properties.entries()) {
+        const detail::PropertyRow* row = detail::find_property(entry.name);
+        if (row && row->own_file_system_view) return;
+    }
     struct stat st{};
     if (::stat(dir->c_str(), &st) != 0) {
         int err = errno;

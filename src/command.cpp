@@ -7,6 +7,7 @@
 #include <set>
 
 #include "command_impl.hpp"
+#include "property_catalog.hpp"
 
 namespace sdfutures {
 
@@ -22,24 +23,6 @@ std::string join_argv(const std::vector<std::string>& argv) {
     return out;
 }
 
-// Properties Command sets itself, each with what to use instead.
-const std::map<std::string, std::string, std::less<>>& reserved_properties() {
-    static const std::map<std::string, std::string, std::less<>> m = {
-        {"ExecStart", "the program is Command's argv"},
-        {"CollectMode", "a Command's unit is always collected after its result is read"},
-        {"AddRef", "Command holds the reference that keeps the unit readable until its result is read"},
-        {"StandardInput", "use stdin_from/stdin_from_fd/stdin_from_null/inherit_stdin"},
-        {"StandardInputFileDescriptor", "use stdin_from_fd"},
-        {"StandardInputData", "use stdin_from"},
-        {"StandardInputText", "use stdin_from"},
-        {"StandardOutput", "use capture_stdout/stdout_to_fd/stdout_to_null/stdout_to_journal/inherit_stdout"},
-        {"StandardOutputFileDescriptor", "use stdout_to_fd"},
-        {"StandardError", "use capture_stderr/stderr_to_fd/stderr_to_null/stderr_to_journal/inherit_stderr"},
-        {"StandardErrorFileDescriptor", "use stderr_to_fd"},
-    };
-    return m;
-}
-
 // The service types whose main process is the program Command started, so that its end is the command's.
 // forking and dbus are not: the first makes a daemon's child the main process, the second waits for a bus name.
 void check_service_type(const std::string& type) {
@@ -52,8 +35,8 @@ void check_service_type(const std::string& type) {
 // `value`: the unit-file text, or a typed value's string; nullopt for a typed value of another type, which
 // systemd checks at start.
 void check_settable(const std::string& name, const std::optional<std::string>& value) {
-    auto it = reserved_properties().find(name);
-    if (it != reserved_properties().end()) throw UnsupportedProperty(name, it->second);
+    const detail::PropertyRow* row = detail::find_property(name);
+    if (row && !row->reserved_by_command.empty()) throw UnsupportedProperty(name, std::string(row->reserved_by_command));
     if (name == "Type" && value) check_service_type(*value);
 }
 

@@ -4,70 +4,43 @@
 #include <pwd.h>
 #include <unistd.h>
 
-#include <map>
 #include <string>
 #include <vector>
 
+#include "property_catalog.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/process.hpp"
 
 namespace sdfutures {
 namespace {
 
-const std::map<std::string, PropertyReach, std::less<>>& reach_table() {
-    static const std::map<std::string, PropertyReach, std::less<>> table = [] {
-        std::map<std::string, PropertyReach, std::less<>> t;
-        for (const char* n : {"CPUQuota", "CPUWeight", "StartupCPUWeight", "IOWeight", "AllowedCPUs", "MemoryMax",
-                              "MemoryHigh", "MemorySwapMax", "MemoryLow", "MemoryMin", "TasksMax"})
-            t[n] = PropertyReach::cgroup;
-        for (const char* n : {"PrivateNetwork", "PrivateTmp", "ProtectSystem", "ProtectHome"})
-            t[n] = PropertyReach::namespaces;
-        for (const char* n : {"User", "Group", "SupplementaryGroups"}) t[n] = PropertyReach::credentials;
-        for (const char* n : {"Nice", "Environment", "WorkingDirectory", "UMask", "NoNewPrivileges", "LimitCPU",
-                              "LimitFSIZE", "LimitDATA", "LimitSTACK", "LimitCORE", "LimitRSS", "LimitNOFILE",
-                              "LimitAS", "LimitNPROC", "LimitMEMLOCK", "LimitLOCKS", "LimitSIGPENDING",
-                              "LimitMSGQUEUE", "LimitNICE", "LimitRTPRIO", "LimitRTTIME"})
-            t[n] = PropertyReach::library;
-        for (const char* n : {"Description", "Slice", "RuntimeMaxSec", "KillMode", "KillSignal", "TimeoutStopSec",
-                              "CollectMode", "Delegate"})
-            t[n] = PropertyReach::unit;
-        return t;
-    }();
-    return table;
-}
+using detail::Forked;
 
-std::string why_unreachable(std::string_view name) {
-    if (name == "DynamicUser")
-        return "systemd allocates the user for a program it executes and adds a seccomp filter (RestrictSUIDSGID=) "
-               "that cannot be copied to a forked process; use User= or sdfutures::Command";
-    if (name == "SystemCallFilter" || name.starts_with("Restrict") || name == "LockPersonality" ||
-        name == "MemoryDenyWriteExecute" || name == "ProtectHostname" || name == "ProtectClock" ||
-        name == "PrivateDevices" || name.starts_with("ProtectKernel") || name == "ProtectControlGroups")
-        return "systemd enforces it with a seccomp filter or capability set it applies when it executes a program, "
-               "which a forked process does not get; use sdfutures::Command";
-    if (name == "IPAddressDeny" || name == "IPAddressAllow")
-        return "systemd enforces it with BPF on the unified cgroup hierarchy and silently skips it where that is "
-               "unavailable; sdfutures does not yet verify it took effect";
-    if (name == "Type" || name == "ExecStart" || name.starts_with("Standard"))
-        return "sdfutures sets it itself to tie the unit to its owner";
-    if (name == "PrivateUsers")
-        return "joining a user namespace would change the child's credentials in ways not yet verified";
-    return "sdfutures does not know how it would reach a forked process";
-}
-
-// What the library sets itself in a unit whose main program systemd executes for it (StartMethod::exec).
-bool owned_by_library_when_exec(std::string_view name) {
-    return name == "Type" || name.starts_with("Exec") || name.starts_with("Standard") || name == "RemainAfterExit" ||
-           name == "Restart" || name == "PIDFile" || name == "BusName" || name == "NotifyAccess" ||
-           name == "Sockets" || name == "FileDescriptorStoreMax";
+std::string why_not_forked(const detail::PropertyRow& row) {
+    if (row.owned_by_library) return "sdfutures sets it itself to tie the unit to its owner";
+    switch (row.forked) {
+        case Forked::dynamic_user:
+            return "systemd allocates the user for a program it executes and adds a seccomp filter "
+                   "(RestrictSUIDSGID=) that cannot be copied to a forked process; use StartMethod::exec, User= or "
+                   "sdfutures::Command";
+        case Forked::needs_exec:
+            return "systemd enforces it with a seccomp filter, capability set or mount it applies when it executes "
+                   "a program, which a forked process does not get; use StartMethod::exec or sdfutures::Command";
+        case Forked::unverified_filter:
+            return "systemd enforces it with BPF on the unified cgroup hierarchy and silently skips it where that is "
+                   "unavailable; sdfutures does not yet verify it took effect";
+        case Forked::unverified_userns:
+            return "joining a user namespace would change the child's credentials in ways not yet verified";
+        default: return "sdfutures does not know how it would reach a forked process";
+    }
 }
 
 }  // namespace
 
 std::optional<PropertyReach> property_reach(std::string_view name) {
-    auto it = reach_table().find(name);
-    if (it == reach_table().end()) return std::nullopt;
-    return it->second;
+    const detail::PropertyRow* row = detail::find_property(name);
+    if (!row || row->owned_by_library) return std::nullopt;
+    return detail::reach_of(row->forked);
 }
 
 void check_properties_reach_forked_children(const Properties& properties) {
@@ -75,7 +48,9 @@ void check_properties_reach_forked_children(const Properties& properties) {
         if (e.typed)
             throw UnsupportedProperty(e.name, "a typed property cannot be checked to reach a forked process; "
                                               "use sdfutures::Command or Manager for it");
-        if (!property_reach(e.name)) throw UnsupportedProperty(e.name, why_unreachable(e.name));
+        const detail::PropertyRow* row = detail::find_property(e.name);
+        if (!row) throw UnsupportedProperty(e.name, "sdfutures does not know how it would reach a forked process");
+        if (!property_reach(e.name)) throw UnsupportedProperty(e.name, why_not_forked(*row));
         if (e.name == "Delegate" && !parse::boolean(e.name, e.text))
             throw UnsupportedProperty(e.name, "sdfutures needs Delegate=yes to attach processes to the unit");
     }
@@ -147,7 +122,8 @@ namespace detail {
 void check_properties_for_start_method(const Properties& properties, StartMethod method) {
     if (method != StartMethod::exec) return check_properties_reach_forked_children(properties);
     for (auto& e : properties.entries()) {
-        if (owned_by_library_when_exec(e.name))
+        const detail::PropertyRow* row = detail::find_property(e.name);
+        if (row && row->owned_by_library)
             throw UnsupportedProperty(e.name, "sdfutures sets it itself: with StartMethod::exec the unit's main "
                                               "program is this program serving the pool, and its lifetime is the "
                                               "pool's; use sdfutures::Command to run a program of your own");

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 
+#include "property_catalog.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 
@@ -125,15 +126,8 @@ void require(Requirement requirement, const SystemInfo& info) {
 }
 
 std::optional<Requirement> requirement_of_property(std::string_view name) {
-    if (name == "IPAddressDeny" || name == "IPAddressAllow") return Requirement::ip_address_filter;
-    if (name == "MemoryHigh" || name == "MemoryLow" || name == "MemoryMin" || name == "MemorySwapMax" ||
-        name == "MemoryZSwapMax" || name == "StartupMemoryHigh" || name == "StartupMemoryLow" ||
-        name == "StartupMemoryMax" || name == "StartupMemorySwapMax" || name == "StartupMemoryZSwapMax")
-        return Requirement::unified_memory;
-    if (name == "AllowedCPUs" || name == "AllowedMemoryNodes" || name == "StartupAllowedCPUs" ||
-        name == "StartupAllowedMemoryNodes")
-        return Requirement::cpuset;
-    return std::nullopt;
+    const detail::PropertyRow* row = detail::find_property(name);
+    return row ? row->requirement : std::nullopt;
 }
 
 std::optional<Requirement> requirement_of_property(std::string_view name, std::string_view value) {
