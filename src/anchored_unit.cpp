@@ -416,7 +416,7 @@ StartFailed read_start_failure(const Bus& bus, const std::string& unit, const st
     int32_t code = 0, status = 0;
     std::string unit_result, unread;
     try {
-        auto& state = bus.state();
+        auto& state = detail::state_of(bus);
         std::lock_guard lock(state.mutex);
         state.check_owner();
         // GetUnit first: a property read on the path of a unit that is gone would load a "not-found" stub and
@@ -463,7 +463,7 @@ void wait_anchored_start(const Bus& bus, PendingJob& job, const Properties& prop
 
 void release_unit_reference(const Bus& bus, const std::string& unit) noexcept {
     try {
-        auto& state = bus.state();
+        auto& state = detail::state_of(bus);
         std::lock_guard lock(state.mutex);
         if (getpid() != state.owner_pid) return;  // a forked child: the connection is the parent's
         state.manager->callMethod("UnrefUnit").onInterface(kManagerInterface).withArguments(unit).dontExpectReply();

@@ -16,6 +16,8 @@
 
 #include <sdbus-c++/sdbus-c++.h>
 
+#include "sdfutures/bus.hpp"
+
 namespace sdfutures::detail {
 
 inline constexpr const char* kSystemdService = "org.freedesktop.systemd1";
@@ -23,6 +25,14 @@ inline constexpr const char* kManagerPath = "/org/freedesktop/systemd1";
 inline constexpr const char* kManagerInterface = "org.freedesktop.systemd1.Manager";
 inline constexpr const char* kUnitInterface = "org.freedesktop.systemd1.Unit";
 inline constexpr const char* kPropertiesInterface = "org.freedesktop.DBus.Properties";
+
+struct BusState;
+
+// What a Bus handle shares, for the library's own classes: users see only Bus's public surface.
+struct BusAccess {
+    static BusState& state(const Bus& bus) noexcept { return *bus.state_; }
+};
+inline BusState& state_of(const Bus& bus) noexcept { return BusAccess::state(bus); }
 
 using Deadline = std::optional<std::chrono::steady_clock::time_point>;
 Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout);

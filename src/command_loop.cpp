@@ -138,7 +138,7 @@ void CommandProcess::Impl::answer(Request& r, const std::exception_ptr& error) {
 // The loop
 
 void CommandProcess::Impl::serve(detail::Deadline deadline, const std::function<bool()>& until) {
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     try {
         std::unique_lock bus_lock(state.mutex);
         state.check_owner();
@@ -239,7 +239,7 @@ void CommandProcess::Impl::carry_out_requests() {
         std::lock_guard lock(control);
         todo.swap(requests);
     }
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     for (auto& r : todo) {
         if (finished) {
             answer(*r);
@@ -281,7 +281,7 @@ void CommandProcess::Impl::carry_out_requests() {
 
 std::optional<std::string> CommandProcess::Impl::take_job_result(std::string& job) {
     if (job.empty()) return std::nullopt;
-    auto& jobs = bus.state().awaited_jobs;
+    auto& jobs = detail::state_of(bus).awaited_jobs;
     auto it = jobs.find(job);
     if (it == jobs.end() || !it->second) return std::nullopt;
     std::string result = *it->second;

@@ -182,7 +182,7 @@ void CommandProcess::Impl::finish() {
 }
 
 void CommandProcess::Impl::release_unit() {
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     detail::RemovalWatch watch(state, unit);
     try {
         unit_proxy->callMethod("Unref").onInterface(kUnitInterface);
@@ -203,7 +203,7 @@ void CommandProcess::Impl::release_unit() {
 void CommandProcess::Impl::abandon() noexcept {
     if (!peak_file.empty()) ::unlink(peak_file.c_str());  // a handle that ends before its unit, or never started one
     if (!started) return;
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     std::lock_guard lock(state.mutex);
     if (getpid() != state.owner_pid) {
         // A forked child: the connection belongs to the parent and must not be touched.

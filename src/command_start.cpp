@@ -37,7 +37,7 @@ void check_identity_properties(const Bus& bus, const Properties& properties) {
     if (!user && !dynamic) return;
     uint32_t manager_uid = 0;
     {
-        auto& state = bus.state();
+        auto& state = detail::state_of(bus);
         std::lock_guard lock(state.mutex);
         state.check_owner();
         try {
@@ -154,7 +154,7 @@ void CommandProcess::Impl::on_properties_changed(sdbus::Message& msg) {
 }
 
 void CommandProcess::Impl::start_unit(const std::vector<DbusProperty>& props) {
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     Impl* raw = this;

@@ -33,13 +33,13 @@ PendingJob& PendingJob::operator=(PendingJob&& other) noexcept {
 PendingJob::~PendingJob() {
     if (waited_) return;
     // Abandoned without waiting: stop tracking it, or its entry would stay in the awaited set forever.
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.awaited_jobs.erase(path_);
 }
 
 std::optional<std::string> PendingJob::wait_result(std::optional<std::chrono::milliseconds> timeout) {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     auto it = state.awaited_jobs.find(path_);
     if (it == state.awaited_jobs.end()) throw StateError("job " + path_ + " was already waited for");
@@ -60,7 +60,7 @@ void PendingJob::wait(std::optional<std::chrono::milliseconds> timeout) {
 Manager::Manager(Bus bus) : bus_(std::move(bus)) {}
 
 std::string Manager::version() const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     return detail::translate_errors("Get Version", [&] {
@@ -81,7 +81,7 @@ namespace {
 template <class Call>
 PendingJob enqueue_job(const Bus& bus, const std::string& unit, const std::string& type, const std::string& what,
                        Call&& call) {
-    auto& state = bus.state();
+    auto& state = detail::state_of(bus);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     // The JobRemoved match was installed when the bus was opened, and signals that arrive while the call
@@ -127,7 +127,7 @@ PendingJob Manager::stop_unit_async(const std::string& name, const std::string& 
 void Manager::stop_unit(const std::string& name, const std::string& mode) { stop_unit_async(name, mode).wait(); }
 
 void Manager::reset_failed_unit(const std::string& name) {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::translate_errors("ResetFailedUnit " + name, [&] {
@@ -136,7 +136,7 @@ void Manager::reset_failed_unit(const std::string& name) {
 }
 
 void Manager::kill_unit(const std::string& name, int signal, const std::string& whom) {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::translate_errors("KillUnit " + name, [&] {
@@ -145,7 +145,7 @@ void Manager::kill_unit(const std::string& name, int signal, const std::string& 
 }
 
 bool Manager::wait_unit_gone(const std::string& name, std::optional<std::chrono::milliseconds> timeout) {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::RemovalWatch watch(state, name);  // before asking, so a removal in between is still seen
@@ -161,7 +161,7 @@ bool Manager::wait_unit_gone(const std::string& name, std::optional<std::chrono:
 
 void Manager::attach_processes_to_unit(const std::string& name, const std::string& subcgroup,
                                        const std::vector<uint32_t>& pids) {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::translate_errors("AttachProcessesToUnit " + name, [&] {
@@ -170,7 +170,7 @@ void Manager::attach_processes_to_unit(const std::string& name, const std::strin
 }
 
 Unit Manager::get_unit(const std::string& name) const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::translate_errors("GetUnit " + name, [&] {
@@ -191,7 +191,7 @@ bool Manager::unit_loaded(const std::string& name) const {
 }
 
 Unit Manager::load_unit(const std::string& name) const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     detail::translate_errors("LoadUnit " + name, [&] {
@@ -202,7 +202,7 @@ Unit Manager::load_unit(const std::string& name) const {
 }
 
 Unit Manager::get_unit_by_pid(uint32_t pid) const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     sdbus::ObjectPath path = detail::translate_errors("GetUnitByPID " + std::to_string(pid), [&] {
@@ -218,7 +218,7 @@ std::vector<UnitProcess> Manager::get_unit_processes(const std::string& name) co
 }
 
 std::vector<UnitInfo> Manager::list_units() const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     using Row = sdbus::Struct<std::string, std::string, std::string, std::string, std::string, std::string,

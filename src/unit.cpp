@@ -74,7 +74,7 @@ std::string Unit::type_interface() const {
 }
 
 sdbus::Variant Unit::property(const std::string& interface, const std::string& name) const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     return detail::translate_errors("Get " + name_ + " " + name, [&] {
@@ -102,7 +102,7 @@ std::optional<uint64_t> Unit::cpu_usage_nsec() const { return optional_u64("CPUU
 std::optional<uint64_t> Unit::memory_current() const { return optional_u64("MemoryCurrent"); }
 
 std::vector<UnitProcess> Unit::processes() const {
-    auto& state = bus_.state();
+    auto& state = detail::state_of(bus_);
     std::lock_guard lock(state.mutex);
     state.check_owner();
     return detail::translate_errors("GetUnitProcesses " + name_, [&] {

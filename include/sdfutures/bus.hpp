@@ -15,6 +15,7 @@ namespace sdfutures {
 
 namespace detail {
 struct BusState;
+struct BusAccess;  // the library's way to the shared state (src/bus_state.hpp)
 }
 
 class Bus {
@@ -36,9 +37,8 @@ public:
     sdbus::IConnection& connection() const;
     [[nodiscard]] std::unique_lock<std::mutex> lock() const;
 
-    detail::BusState& state() const noexcept { return *state_; }
-
 private:
+    friend struct detail::BusAccess;
     explicit Bus(std::shared_ptr<detail::BusState> state) : state_(std::move(state)) {}
     std::shared_ptr<detail::BusState> state_;
 };
