@@ -122,6 +122,63 @@ TEST_F(StartMethodsTest, ExecWithPrivateDevicesHidesDevMemAndOtherDevices) {
     EXPECT_TRUE(pool.submit(&device_visible, std::string("/dev/null")).get());
 }
 
+// TransientUnitProcess(exec, ...): one function in a fresh execution of this program under the whole sandbox, with
+// the calls and exit statuses of a forked one.
+TEST_F(StartMethodsTest, AnExecProcessRunsUnderDynamicUserAndPrivateDevicesAndItsUnitIsGoneAfterJoin) {
+    const std::string device = a_hidden_device();
+    ASSERT_FALSE(device.empty()) << "this machine has no device PrivateDevices= would hide";
+    TransientUnitProcess writes(exec, {{"DynamicUser", "yes"}, {"PrivateDevices", "yes"}}, &probe_writes);
+    writes.start();
+    WriteProbe p = writes.result();
+    EXPECT_GE(p.uid, 61184u);
+    EXPECT_LE(p.uid, 65519u);
+    EXPECT_NE(p.etc_errno, 0) << "wrote to /etc";
+    EXPECT_EQ(writes.exit_status(), 0);
+    EXPECT_FALSE(manager().unit_loaded(writes.unit().name())) << "join() stops and unloads the unit";
+
+    TransientUnitProcess sees(exec, {{"PrivateDevices", "yes"}}, &device_visible, device);
+    sees.start();
+    EXPECT_FALSE(sees.result()) << device;
+}
+
+TEST_F(StartMethodsTest, AnExecProcessFollowsMultiprocessingsExitStatuses) {
+    TransientUnitProcess exits(exec, {}, [] { std::_Exit(3); });
+    exits.start();
+    exits.join();
+    EXPECT_EQ(exits.exit_status(), 3);
+    EXPECT_THROW(exits.result(), ProcessDied);
+
+    TransientUnitProcess aborts(exec, {{"LimitCORE", "0"}}, [] { std::abort(); });
+    aborts.start();
+    aborts.join();
+    EXPECT_EQ(aborts.exit_status(), -SIGABRT);
+
+    TransientUnitProcess sleeps(exec, {}, [] { ::pause(); });
+    sleeps.start();
+    EXPECT_TRUE(sleeps.is_alive());
+    EXPECT_GT(sleeps.pid(), 0);
+    EXPECT_FALSE(sleeps.join(200ms));
+    EXPECT_FALSE(sleeps.exit_status());
+    sleeps.kill();
+    EXPECT_TRUE(sleeps.join(5s));
+    EXPECT_FALSE(sleeps.is_alive());
+    EXPECT_EQ(sleeps.exit_status(), -SIGKILL);
+    EXPECT_THROW(sleeps.result(), ProcessDied);
+
+    TransientUnitProcess throws(exec, {}, [](int x) { return x > 0 ? throw std::invalid_argument("positive"), 0 : x; },
+                                5);
+    throws.start();
+    EXPECT_THROW(throws.result(), std::invalid_argument);
+    EXPECT_EQ(throws.exit_status(), 0) << "the function threw; its process ended well";
+
+    TransientUnitProcess fine(exec, {}, [](int x) { return x * 2; }, 21);
+    EXPECT_THROW(fine.join(), StateError) << "join before start";
+    fine.start();
+    EXPECT_EQ(fine.result(), 42);
+    EXPECT_EQ(fine.exit_status(), 0);
+    EXPECT_THROW(fine.start(), StateError);
+}
+
 int writable_executable_mapping_errno() {
     void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return errno;

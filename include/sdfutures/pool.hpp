@@ -29,6 +29,7 @@
 // the user started) stays locked in the fork server and in the workers. Construct pools before starting
 // threads that hold locks a task might need, or do not take such locks in tasks.
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -474,6 +475,103 @@ private:
     detail::PoolCore core_;
 };
 
+namespace detail {
+
+// TransientUnitProcess(exec, ...): a one-worker pool of one task, whose unit is gone once the task has ended.
+template <class R, class Fn, class... Args>
+class PooledExecRun final : public ExecRun<R> {
+    static_assert(FunctionPointer<TaskFunction<Fn>> || StatelessCallable<TaskFunction<Fn>>,
+                  "sdfutures::TransientUnitProcess(sdfutures::exec, ...): the function must be a function pointer or "
+                  "a stateless callable of the program: a process systemd executes holds nothing of this one, no "
+                  "closure's state. Pass the state as arguments, or leave out sdfutures::exec, which forks.");
+
+public:
+    template <class F, class... A>
+    PooledExecRun(Properties properties, ProcessOptions options, F&& f, A&&... args)
+        : properties_(std::move(properties)), options_(std::move(options)), f_(std::forward<F>(f)),
+          args_(std::forward<A>(args)...) {}
+
+    void start() override {
+        if (pool_ || exit_status_) throw StateError("TransientUnitProcess::start() was called already");
+        pool_.emplace(std::move(properties_), PoolOptions{.max_workers = 1,
+                                                          .max_tasks_per_child = 1,
+                                                          .start_method = StartMethod::exec,
+                                                          .bus = options_.bus,
+                                                          .unit_name = options_.unit_name,
+                                                          .max_result_bytes = options_.max_result_bytes,
+                                                          .keep_stdio = options_.keep_stdio});
+        unit_.emplace(pool_->unit());
+        future_ = std::apply([this](Args&... a) { return pool_->submit(f_, std::move(a)...); }, args_);
+        auto pids = pool_->worker_pids();
+        if (!pids.empty()) pid_ = pids.front();
+    }
+    bool is_alive() override {
+        return pool_ && future_.wait_for(std::chrono::seconds(0)) != std::future_status::ready;
+    }
+    bool join(std::optional<std::chrono::milliseconds> timeout) override {
+        if (!pool_ && !exit_status_) throw StateError("TransientUnitProcess::join() before start()");
+        if (exit_status_) return true;
+        if (timeout && future_.wait_for(*timeout) != std::future_status::ready) return false;
+        settle();
+        return true;
+    }
+    // The worker's pid is the process multiprocessing would signal; the unit's main process (the program systemd
+    // executed, serving the pool) is not it.
+    void signal(int signo) override {
+        if (!is_alive()) return;
+        for (pid_t worker : pool_->worker_pids()) {
+            pid_ = worker;
+            ::kill(worker, signo);
+        }
+    }
+    std::optional<int> exit_status() const override { return exit_status_; }
+    R result() override {
+        join(std::nullopt);
+        if (error_) std::rethrow_exception(error_);
+        if constexpr (!std::is_void_v<R>) return std::move(*value_);
+    }
+    pid_t pid() const noexcept override { return pid_; }
+    const Unit& unit() const override {
+        if (!unit_) throw StateError("TransientUnitProcess::unit() before start()");
+        return *unit_;
+    }
+
+private:
+    // Takes the task's outcome, as a forked child's exit status would tell it, and stops the unit.
+    void settle() {
+        try {
+            if constexpr (std::is_void_v<R>) future_.get();
+            else value_.emplace(future_.get());
+            exit_status_ = 0;
+        } catch (const ProcessDied& e) {
+            error_ = std::current_exception();
+            exit_status_ = e.exit_status();
+        } catch (const UnitStopped&) {
+            error_ = std::current_exception();
+            exit_status_ = -SIGTERM;  // what systemd's stop sends first
+        } catch (...) {
+            error_ = std::current_exception();  // the function's own exception: the child itself ended well
+            exit_status_ = 0;
+        }
+        pool_.reset();  // the pool's teardown stops the unit and waits until it is gone
+    }
+
+    // All of it is the owning thread's, as for a forked TransientUnitProcess.
+    Properties properties_;
+    ProcessOptions options_;
+    Fn f_;
+    std::tuple<Args...> args_;
+    std::optional<TransientUnitPoolExecutor> pool_;
+    std::optional<Unit> unit_;
+    std::future<R> future_;
+    pid_t pid_ = 0;
+    std::optional<int> exit_status_;
+    std::exception_ptr error_;
+    std::conditional_t<std::is_void_v<R>, bool, std::optional<R>> value_{};
+};
+
+}  // namespace detail
+
 // run(), with systemd executing the program (StartMethod::exec) instead of forking the caller:
 //
 //     auto parsed = sdfutures::run(sdfutures::exec, {{"DynamicUser", "yes"}, {"SystemCallFilter", "@system-service"}},
@@ -481,10 +579,6 @@ private:
 //
 // f runs once, in a fresh execution of this program by systemd (sdfutures::init() first in main()), with every
 // property systemd accepts for a service; the unit is gone when this returns. A one-worker pool of one task.
-struct exec_tag {
-    explicit exec_tag() = default;
-};
-inline constexpr exec_tag exec{};
 
 template <class F, class... Args>
 auto run(exec_tag, Properties properties, F&& f, Args&&... args) {

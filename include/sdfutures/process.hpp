@@ -37,6 +37,7 @@
 #include "sdfutures/error.hpp"
 #include "sdfutures/properties.hpp"
 #include "sdfutures/serialization.hpp"
+#include "sdfutures/start_method.hpp"
 #include "sdfutures/unit.hpp"
 
 namespace sdfutures {
@@ -92,6 +93,25 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// The run of a TransientUnitProcess(exec, ...): systemd executes the program, and its fork runs the function (a
+// one-worker pool of one task). PooledExecRun, the one implementation, is in <sdfutures/pool.hpp>, which that
+// constructor needs (sdfutures.hpp includes both).
+template <class R>
+class ExecRun {
+public:
+    virtual ~ExecRun() = default;
+    virtual void start() = 0;
+    virtual bool is_alive() = 0;
+    virtual bool join(std::optional<std::chrono::milliseconds> timeout) = 0;
+    virtual void signal(int signo) = 0;
+    virtual std::optional<int> exit_status() const = 0;
+    virtual R result() = 0;
+    virtual pid_t pid() const noexcept = 0;
+    virtual const Unit& unit() const = 0;
+};
+template <class R, class Fn, class... Args>
+class PooledExecRun;
+
 template <class R>
 std::string run_and_encode(const std::function<R()>& call, const WireLimits& limits) noexcept {
     try {
@@ -127,44 +147,63 @@ public:
 
     template <class F, class... Args>
     TransientUnitProcess(Properties properties, ProcessOptions options, F&& f, Args&&... args)
-        : core_(std::move(properties), std::move(options)),
+        : core_(std::in_place, std::move(properties), std::move(options)),
           call_([f = std::forward<F>(f), ... args = std::forward<Args>(args)]() mutable -> R {
               return std::invoke(f, args...);
           }) {}
+
+    // StartMethod::exec: systemd executes this program (sdfutures::init() first in main()) as the unit's main
+    // process, and its fork runs f: every property systemd accepts for a service applies (DynamicUser=,
+    // SystemCallFilter=, PrivateDevices=, ...) and nothing of this process is copied. f is a function pointer or a
+    // stateless callable; a closure is a compile-time error (its state would not be there). Needs
+    // <sdfutures/pool.hpp>. The same calls as a forked one, with the same meaning.
+    template <class F, class... Args>
+    TransientUnitProcess(exec_tag, Properties properties, F&& f, Args&&... args)
+        : TransientUnitProcess(exec, std::move(properties), ProcessOptions{}, std::forward<F>(f),
+                               std::forward<Args>(args)...) {}
+    template <class F, class... Args>
+    TransientUnitProcess(exec_tag, Properties properties, ProcessOptions options, F&& f, Args&&... args)
+        : exec_(std::make_unique<detail::PooledExecRun<R, std::decay_t<F>, std::decay_t<Args>...>>(
+              std::move(properties), std::move(options), std::forward<F>(f), std::forward<Args>(args)...)) {}
 
     // Forks the child, starts its unit, attaches it and lets it run; returns once the child has entered
     // the unit. Throws PropertyError/UnsupportedProperty, BusError, SystemdError, StartFailed (a JobFailed naming the
     // exit status and the property behind it) or SetupError,
     // in which case no process and no unit remain.
     void start() {
-        core_.start([this](int reply_fd) {
-            detail::write_reply_frame(reply_fd, detail::run_and_encode<R>(call_, core_.limits()));
+        if (exec_) return exec_->start();
+        core_->start([this](int reply_fd) {
+            detail::write_reply_frame(reply_fd, detail::run_and_encode<R>(call_, core_->limits()));
         });
     }
-    bool is_alive() { return core_.is_alive(); }
+    bool is_alive() { return exec_ ? exec_->is_alive() : core_->is_alive(); }
     // Waits for the child to end; its unit is stopped and gone when this returns.
-    void join() { core_.join(std::nullopt); }
+    void join() { exec_ ? exec_->join(std::nullopt) : core_->join(std::nullopt); }
     // Whether it ended within the timeout.
     template <class Rep, class Period>
     bool join(std::chrono::duration<Rep, Period> timeout) {
-        return core_.join(std::chrono::ceil<std::chrono::milliseconds>(timeout));
+        auto ms = std::chrono::ceil<std::chrono::milliseconds>(timeout);
+        return exec_ ? exec_->join(ms) : core_->join(ms);
     }
-    void terminate() { core_.signal(SIGTERM); }
-    void kill() { core_.signal(SIGKILL); }
+    void terminate() { exec_ ? exec_->signal(SIGTERM) : core_->signal(SIGTERM); }
+    void kill() { exec_ ? exec_->signal(SIGKILL) : core_->signal(SIGKILL); }
     // Like multiprocessing's exitcode: nullopt while running, >= 0 the exit code, < 0 the negated signal.
-    std::optional<int> exit_status() const { return core_.exit_status(); }
+    std::optional<int> exit_status() const { return exec_ ? exec_->exit_status() : core_->exit_status(); }
     // Joins, then returns the function's value, rethrows its exception, or throws ProcessDied (how the child
     // died), UnitStopped (its unit was stopped) or ProtocolError (it sent garbage).
     R result() {
-        core_.join(std::nullopt);
-        return detail::decode_reply<R>(core_.take_reply(), core_.limits());
+        if (exec_) return exec_->result();
+        core_->join(std::nullopt);
+        return detail::decode_reply<R>(core_->take_reply(), core_->limits());
     }
-    pid_t pid() const noexcept { return core_.pid(); }
-    const Unit& unit() const { return core_.unit(); }
+    pid_t pid() const noexcept { return exec_ ? exec_->pid() : core_->pid(); }
+    const Unit& unit() const { return exec_ ? exec_->unit() : core_->unit(); }
 
 private:
-    detail::ProcessCore core_;
+    // One of the two: a forked child (core_ and call_), or an executed one (exec_).
+    std::optional<detail::ProcessCore> core_;
     std::function<R()> call_;
+    std::unique_ptr<detail::ExecRun<R>> exec_;
 };
 
 template <class F, class... Args>
@@ -175,6 +214,14 @@ TransientUnitProcess(Properties, F&&, Args&&...)
 template <class F, class... Args>
 TransientUnitProcess(Properties, ProcessOptions, F&&, Args&&...)
     -> TransientUnitProcess<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>>;
+
+template <class F, class... Args>
+TransientUnitProcess(exec_tag, Properties, F&&, Args&&...)
+    -> TransientUnitProcess<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&&...>>;
+
+template <class F, class... Args>
+TransientUnitProcess(exec_tag, Properties, ProcessOptions, F&&, Args&&...)
+    -> TransientUnitProcess<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&&...>>;
 
 // Runs f(args...) in a transient unit of its own and returns its value or rethrows its exception. The unit
 // is gone when this returns.

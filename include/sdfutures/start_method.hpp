@@ -25,4 +25,11 @@ enum class StartMethod {
     exec,
 };
 
+// The tag that asks run() and TransientUnitProcess for StartMethod::exec at compile time, where a closure (whose
+// state an executed program cannot have) is refused: sdfutures::run(sdfutures::exec, properties, &f, args...).
+struct exec_tag {
+    explicit exec_tag() = default;
+};
+inline constexpr exec_tag exec{};
+
 }  // namespace sdfutures
