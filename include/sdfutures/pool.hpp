@@ -493,13 +493,15 @@ public:
 
     void start() override {
         if (pool_ || exit_status_) throw StateError("TransientUnitProcess::start() was called already");
-        pool_.emplace(std::move(properties_), PoolOptions{.max_workers = 1,
-                                                          .max_tasks_per_child = 1,
-                                                          .start_method = StartMethod::exec,
-                                                          .bus = options_.bus,
-                                                          .unit_name = options_.unit_name,
-                                                          .max_result_bytes = options_.max_result_bytes,
-                                                          .keep_stdio = options_.keep_stdio});
+        PoolOptions pool_options;  // assigned, not designated: a user's -Wextra would report each member left out
+        pool_options.max_workers = 1;
+        pool_options.max_tasks_per_child = 1;
+        pool_options.start_method = StartMethod::exec;
+        pool_options.bus = options_.bus;
+        pool_options.unit_name = options_.unit_name;
+        pool_options.max_result_bytes = options_.max_result_bytes;
+        pool_options.keep_stdio = options_.keep_stdio;
+        pool_.emplace(std::move(properties_), std::move(pool_options));
         unit_.emplace(pool_->unit());
         future_ = std::apply([this](Args&... a) { return pool_->submit(f_, std::move(a)...); }, args_);
         auto pids = pool_->worker_pids();
@@ -528,7 +530,11 @@ public:
     R result() override {
         join(std::nullopt);
         if (error_) std::rethrow_exception(error_);
-        if constexpr (!std::is_void_v<R>) return std::move(*value_);
+        if constexpr (std::is_void_v<R>) {
+            return;
+        } else {
+            return std::move(*value_);
+        }
     }
     pid_t pid() const noexcept override { return pid_; }
     const Unit& unit() const override {
@@ -587,8 +593,11 @@ auto run(exec_tag, Properties properties, F&& f, Args&&... args) {
                   "sdfutures::run(sdfutures::exec, ...): the function must be a function pointer or a stateless "
                   "callable of the program: a process systemd executes holds nothing of this one, no closure's "
                   "state. Pass the state as arguments, or use sdfutures::run(properties, f, ...), which forks.");
-    TransientUnitPoolExecutor pool(std::move(properties),
-                                   {.max_workers = 1, .max_tasks_per_child = 1, .start_method = StartMethod::exec});
+    PoolOptions options;  // assigned, not designated: a user's -Wextra would report each member left out
+    options.max_workers = 1;
+    options.max_tasks_per_child = 1;
+    options.start_method = StartMethod::exec;
+    TransientUnitPoolExecutor pool(std::move(properties), std::move(options));
     return pool.submit(std::forward<F>(f), std::forward<Args>(args)...).get();
 }
 
