@@ -22,9 +22,10 @@
 // wire.hpp: task messages [invoker, function, arguments] owner → worker; reply payloads worker → owner, whose id
 // is that of the task they answer.
 //
-// Bootstrap on the same channel, before any task: the owner's release message (id 0, body: the unit's main pid
-// as a 4-byte pid_t) lets the worker enter the unit; the worker answers with a reply payload (id 0): void for
-// "entered and initialized", or the setup failure.
+// Bootstrap on the same channel, before any task (the protocol, shared with TransientUnitProcess, is
+// bootstrap.hpp's): the owner's release message (id 0, body: the unit's main pid as a 4-byte pid_t) lets the worker
+// enter the unit; the worker answers with a reply payload (id 0): void for "entered and initialized", or the setup
+// failure. An exec'd pool's workers, born in the unit, get no release and send the same answer.
 
 #include <sys/types.h>
 

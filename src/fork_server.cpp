@@ -20,6 +20,7 @@
 #include <vector>
 #include <tuple>
 
+#include "bootstrap.hpp"
 #include "channel.hpp"
 #include "forked_child.hpp"
 #include "heartbeat_page.hpp"
@@ -42,22 +43,17 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
 // its channel closes or its task quota is used up. Each reply is sent as soon as its task returns, never held
 // back to batch with the next: if the next task crashes the worker, the finished one's result must already be
 // on its way, or the owner would blame the wrong task. Each reply carries the id of the task it answers.
-// How a worker forked outside the unit gets into it: released once the owner attached it, it enters (unit_entry).
-// Returns the descriptor its channel is on afterwards.
+// How a worker forked outside the unit gets into it (bootstrap.hpp): the release comes as the first record on its
+// channel. Returns the descriptor its channel is on afterwards.
 int enter_after_release(int socket, pid_t server, const WorkerConfig& config, MessageReader& reader) {
-    Message release;
-    try {
-        if (!receive_message(socket, reader, release) || release.body.size() != sizeof(pid_t)) ::_exit(127);
-    } catch (...) {
-        ::_exit(127);  // the owner gave up before releasing us
-    }
-    pid_t main_pid = 0;
-    std::memcpy(&main_pid, release.body.data(), sizeof main_pid);
-    EntryFailure failure;
-    if (!enter_unit(EntryRequest{main_pid, server, socket, config.keep_stdio}, failure)) {
-        report_setup_failure(failure.channel_fd, failure.step, failure.error_number, failure.detail);
-    }
-    return kEnteredPipeFd;
+    return enter_when_released(
+        EntryRequest{.parent_pid = server, .keep_fd = socket, .keep_stdio = config.keep_stdio},
+        [&]() -> std::optional<std::string> {
+            Message release;
+            if (!receive_message(socket, reader, release) || release.id != 0) return std::nullopt;
+            return std::string(release.body.view());
+        },
+        [](int channel_fd, const std::string& report) { send_message(channel_fd, 0, report); });
 }
 
 // A worker born inside the unit (StartMethod::exec) has its identity and sandbox from systemd already; it only

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "anchored_unit.hpp"
+#include "bootstrap.hpp"
 #include "channel.hpp"
 #include "fd_util.hpp"
 #include "exec_server.hpp"
@@ -59,11 +60,6 @@ std::size_t default_worker_count(const Properties& properties) {
     return std::max<std::size_t>(cpus, 1);
 }
 
-std::string release_message(uint32_t main_pid) {
-    auto pid = static_cast<pid_t>(main_pid);
-    return {reinterpret_cast<const char*>(&pid), sizeof pid};
-}
-
 }  // namespace
 
 PoolCore::Impl::Impl(Properties p, PoolOptions o)
@@ -100,7 +96,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
 }
 
 // fork, forkserver: the unit's main process is cat reading the owner's anchor pipe; the workers are forked
-// outside, attached, released, and enter the unit themselves (unit_entry.hpp). Returns once they are released.
+// outside, attached, released, and enter the unit themselves (bootstrap.hpp). Returns once they are released.
 void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
     int anchor_pipe[2];
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
@@ -112,20 +108,20 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
     anchor_read.reset();  // systemd holds its own copy
     // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
     wait_anchored_start(*bus, job, properties);
-    main_pid = verified_main_pid(*unit);
     control_group = unit->control_group();
     oom_kills_seen = oom_kill_count(control_group);
     server = start_fork_server(config, options.start_method);
     request_spawn(target_workers.load());
     spawn_initial_workers();
-    std::vector<uint32_t> to_attach;
-    for (auto& w : workers) to_attach.push_back(static_cast<uint32_t>(w->pid));
-    manager.attach_processes_to_unit(options.unit_name, "/", to_attach);  // one call for all of them
-    for (auto& w : workers) {
-        if (!send_message(w->socket.get(), 0, release_message(main_pid)))
-            throw SystemError("sendmsg", errno, "to release worker " + std::to_string(w->pid));
-        w->phase = Worker::Phase::entering;
-    }
+    std::vector<pid_t> children;
+    for (auto& w : workers) children.push_back(w->pid);
+    auto release = [&](pid_t child, const std::string& message) {
+        auto w = std::find_if(workers.begin(), workers.end(), [&](auto& worker) { return worker->pid == child; });
+        if (!send_message((*w)->socket.get(), 0, message)) return false;
+        (*w)->phase = Worker::Phase::entering;
+        return true;
+    };
+    main_pid = static_cast<uint32_t>(attach_and_release(manager, *unit, children, release));
 }
 
 // exec: systemd executes this program as the unit's main process, which serves as the fork server from inside
@@ -363,7 +359,7 @@ void PoolCore::Impl::take_bus_answers() {
         switch (answer.kind) {
         case PoolBus::Answer::Kind::attached:
             if (w.condemned || !w.alive()) break;
-            w.writer.queue(0, release_message(main_pid));
+            w.writer.queue(0, release_message(static_cast<pid_t>(main_pid)));
             w.phase = Worker::Phase::entering;
             w.phase_since = Clock::now();
             flush_worker(w);

@@ -20,6 +20,7 @@
 
 #include "sdfutures/manager.hpp"
 #include "anchored_unit.hpp"
+#include "bootstrap.hpp"
 #include "fd_util.hpp"
 #include "forked_child.hpp"
 #include "unit_entry.hpp"
@@ -242,18 +243,18 @@ void ProcessCore::Impl::start(const Body& body) {
         if (::getppid() != parent) ::_exit(127);
         detach_from_owner_state();
         ::close(release_write);
-        pid_t main_pid = 0;
-        ssize_t n;
-        do n = ::read(child_release, &main_pid, sizeof main_pid);
-        while (n < 0 && errno == EINTR);
-        if (n != sizeof main_pid) ::_exit(127);  // the owner gave up before releasing us
-        EntryFailure failure;
-        EntryRequest request{main_pid, parent, child_reply, options_.keep_stdio};
-        if (!enter_unit(request, failure)) {
-            write_reply_frame(failure.channel_fd,
-                              encode_setup_failure(failure.step, failure.error_number, failure.detail));
-            ::_exit(125);
-        }
+        // The release comes on a pipe of its own; a failed step is the first frame of the reply pipe (bootstrap.hpp).
+        auto receive_release = [child_release]() -> std::optional<std::string> {
+            char body[sizeof(pid_t) + 1];
+            ssize_t n;
+            do n = ::read(child_release, body, sizeof body);
+            while (n < 0 && errno == EINTR);
+            if (n <= 0) return std::nullopt;
+            return std::string(body, static_cast<std::size_t>(n));
+        };
+        enter_when_released(EntryRequest{.parent_pid = parent, .keep_fd = child_reply, .keep_stdio = options_.keep_stdio},
+                            receive_release,
+                            [](int channel_fd, const std::string& report) { write_reply_frame(channel_fd, report); });
         write_reply_frame(kEnteredPipeFd, encode_void_reply());  // "entered": start() may return
         body(kEnteredPipeFd);
         std::fflush(nullptr);
@@ -295,12 +296,11 @@ void ProcessCore::Impl::start(const Body& body) {
         pid_ = started.value;
         if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
         pidfd_ = child_pidfd[0].release();
-        uint32_t main_pid = verified_main_pid(*unit_);
-        manager.attach_processes_to_unit(options_.unit_name, "/", {static_cast<uint32_t>(pid_)});
-        pid_t to_send = static_cast<pid_t>(main_pid);
-        if (write_without_sigpipe(release_write, reinterpret_cast<const char*>(&to_send), sizeof to_send) !=
-            sizeof to_send)
-            throw SystemError("write", errno, "to release the child");
+        const pid_t children[] = {pid_};
+        attach_and_release(manager, *unit_, children, [&](pid_t, const std::string& release) {
+            return write_without_sigpipe(release_write, release.data(), release.size()) ==
+                   static_cast<ssize_t>(release.size());
+        });
         ::close(release_write);
         release_write = -1;
         // Wait for "entered" (or the step that failed), or the child's end: end of file on the pipe alone could

@@ -1,0 +1,57 @@
+#pragma once
+// How work forked outside its unit gets into it: the one protocol of TransientUnitProcess and of the pool's fork and
+// forkserver workers. (An exec'd pool's workers are born inside the unit, exec_server.hpp: they skip steps 2 to 4
+// and report as in step 5.) Private to the library.
+//
+//   owner                                              child, forked outside the unit, its parent-death signal armed
+//   1. starts the unit and waits for its start job
+//      (Type=exec: the main process is final by then)
+//   2. forks the child (or has the fork server fork it) ─►  waits for the release, doing nothing else
+//   3. AttachProcessesToUnit(children), one call
+//   4. sends each the release: the unit's main pid ─────►  enter_unit(): the main process's namespaces, rlimits,
+//                                                           credentials, ... (unit_entry.hpp)
+//   5. waits for the report ◄─────────────────────────────  "entered", or the step that failed
+//
+// The two messages, on whichever channel carries them (the pool: channel.hpp's records, id 0 both ways; a
+// TransientUnitProcess: a release pipe one way, and the first frame of its reply pipe, wire.hpp, the other):
+//   release  the unit's main pid, a native pid_t (4 bytes)
+//   report   a wire reply: void for "entered" (for the pool's workers: entered and initialized), or a SetupError
+//            naming the step, its errno and what was being done
+// A child whose channel ends before the release, or that gets anything else as one, exits 127 before any user code;
+// one whose step fails reports it and exits 125.
+
+#include <sys/types.h>
+
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "unit_entry.hpp"
+
+namespace sdfutures {
+class Manager;
+class Unit;
+}  // namespace sdfutures
+
+namespace sdfutures::detail {
+
+// Step 4's message, and reading it back in the child.
+std::string release_message(pid_t main_pid);
+std::optional<pid_t> parse_release_message(std::string_view body);
+
+// Owner, steps 3 and 4: checks that the unit's main process is its exec'd program (never a just-forked one still
+// holding root's identity), attaches the children in one call, and releases each through `send` (which returns
+// false, errno set, when it could not). Returns the main pid. Throws SystemdError, or SystemError naming the child.
+pid_t attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
+                         const std::function<bool(pid_t child, const std::string& release)>& send);
+
+// Child, steps 2 and 4: waits for the release (`receive_release` returns its body, or nullopt once the channel
+// ended), then enters the unit. Returns the descriptor the channel is on afterwards (kEnteredPipeFd); the report
+// of step 5 is the caller's to send. A failed step is sent through `report_failure` on the channel's new
+// descriptor, and the child exits 125; no release, and it exits 127.
+int enter_when_released(const EntryRequest& entry, const std::function<std::optional<std::string>()>& receive_release,
+                        const std::function<void(int channel_fd, const std::string& report)>& report_failure);
+
+}  // namespace sdfutures::detail
