@@ -110,10 +110,41 @@ constexpr int kReportFd = 3;
 
 }  // namespace
 
+// The descriptors of one start() until each is handed over: what is left is closed when start() leaves.
+struct StartDescriptors {
+    Fd reply_read, reply_write;      // the child's reply pipe: its report, then its result
+    Fd release_read, release_write;  // the child's release (bootstrap.hpp)
+    Fd anchor_read, anchor_write;    // the unit's main process reads the one; the owner holds the other
+    Fd report_owner, report_reaper;  // the reaper's reports
+};
+
+StartDescriptors open_start_descriptors() {
+    StartDescriptors d;
+    auto pipe = [](Fd& read, Fd& write, const char* what) {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, what);
+        read = Fd(fds[0]);
+        write = Fd(fds[1]);
+    };
+    pipe(d.reply_read, d.reply_write, "to create the child's reply pipe");
+    pipe(d.release_read, d.release_write, "to create the child's release pipe");
+    pipe(d.anchor_read, d.anchor_write, "to create the unit's anchor pipe");
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
+        throw SystemError("socketpair", errno, "to create the reaper's report socket");
+    d.report_owner = Fd(pair[0]);
+    d.report_reaper = Fd(pair[1]);
+    return d;
+}
+
 struct ProcessCore::Impl {
     Impl(Properties properties, ProcessOptions options);
     ~Impl();
     void start(const Body& body);
+    void start_unit(Manager& manager, StartDescriptors& descriptors);
+    pid_t fork_child(StartDescriptors& descriptors, const Body& body);
+    void release_child(Manager& manager, StartDescriptors& descriptors, pid_t reaper);
+    void await_entry();
     bool is_alive();
     bool join(std::optional<std::chrono::milliseconds> timeout);
     void signal(int signo);
@@ -186,59 +217,52 @@ void ProcessCore::Impl::close_all() noexcept {
     close_fd(reaper_pidfd_);
 }
 
+// start() as bootstrap.hpp's steps: the unit, the child (through the reaper), its release, its report.
 void ProcessCore::Impl::start(const Body& body) {
     if (state_ != State::created) throw StateError("start() was already called on " + options_.unit_name);
     require_support(*bus_, properties_);
     Manager manager(*bus_);
-
-    int reply_pipe[2], release_pipe[2], anchor_pipe[2], report_pair[2];
-    if (::pipe2(reply_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the child's reply pipe");
-    if (::pipe2(release_pipe, O_CLOEXEC) != 0) {
-        ::close(reply_pipe[0]), ::close(reply_pipe[1]);
-        throw SystemError("pipe2", errno, "to create the child's release pipe");
-    }
-    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) {
-        for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1]}) ::close(fd);
-        throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
-    }
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, report_pair) != 0) {
-        for (int fd : {reply_pipe[0], reply_pipe[1], release_pipe[0], release_pipe[1], anchor_pipe[0], anchor_pipe[1]})
-            ::close(fd);
-        throw SystemError("socketpair", errno, "to create the reaper's report socket");
-    }
-    reply_fd_ = reply_pipe[0];
-    anchor_fd_ = anchor_pipe[1];
-    report_fd_ = report_pair[0];
-    int release_write = release_pipe[1];
-
-    auto fail_before_fork = [&] {
-        for (int fd : {anchor_pipe[0], reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
-        close_all();
-    };
-    std::optional<PendingJob> job;
+    StartDescriptors descriptors = open_start_descriptors();
+    start_unit(manager, descriptors);
+    const pid_t reaper = fork_child(descriptors, body);
     try {
-        job.emplace(manager.start_transient_unit_async(
+        release_child(manager, descriptors, reaper);
+        await_entry();
+    } catch (...) {
+        descriptors.release_write.reset();
+        abandon_child();
+        throw;
+    }
+}
+
+// Step 1. The unit is started before anything is forked: a unit that cannot start leaves no process to tear down,
+// and its failure is read from the unit and named (StartFailed).
+void ProcessCore::Impl::start_unit(Manager& manager, StartDescriptors& descriptors) {
+    try {
+        PendingJob job = manager.start_transient_unit_async(
             options_.unit_name, properties_,
-            anchored_service_properties(properties_, anchor_pipe[0], "sdfutures process of pid " + std::to_string(getpid()))));
+            anchored_service_properties(properties_, descriptors.anchor_read.get(),
+                                        "sdfutures process of pid " + std::to_string(getpid())));
+        descriptors.anchor_read.reset();  // systemd holds its own copy now
+        anchor_fd_ = descriptors.anchor_write.release();
+        try {
+            wait_anchored_start(*bus_, job, properties_);
+        } catch (...) {
+            stop_unit();
+            throw;
+        }
     } catch (...) {
-        fail_before_fork();
-        throw;
-    }
-    ::close(anchor_pipe[0]);  // systemd holds its own copy now
-    // The unit is started before anything is forked: a unit that cannot start leaves no process to tear down, and
-    // its failure is read from the unit and named (StartFailed).
-    try {
-        wait_anchored_start(*bus_, *job, properties_);
-    } catch (...) {
-        for (int fd : {reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
-        stop_unit();
         close_all();
         throw;
     }
+}
 
+// Step 2: the reaper forks the child, which waits for its release. Returns the reaper's pid.
+pid_t ProcessCore::Impl::fork_child(StartDescriptors& descriptors, const Body& body) {
     const pid_t owner = getpid();
-    const int child_reply = reply_pipe[1], child_release = release_pipe[0];
-    auto child_body = [&, child_reply, child_release](pid_t parent) {
+    const int child_reply = descriptors.reply_write.get(), child_release = descriptors.release_read.get(),
+              release_write = descriptors.release_write.get();
+    auto child_body = [&, child_reply, child_release, release_write](pid_t parent) {
         ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // first: a child that dies with its reaper can never be left over
         if (::getppid() != parent) ::_exit(127);
         detach_from_owner_state();
@@ -264,76 +288,74 @@ void ProcessCore::Impl::start(const Body& body) {
     pid_t reaper = ::fork();
     if (reaper < 0) {
         int err = errno;
-        for (int fd : {reply_pipe[1], release_pipe[0], release_write, report_pair[1]}) ::close(fd);
-        close_fd(report_fd_);
         stop_unit();
         close_all();
         throw SystemError("fork", err, "of the child");
     }
     if (reaper == 0) {
-        ::close(report_pair[0]);
-        reaper_main(report_pair[1], owner, child_body);
+        ::close(descriptors.report_owner.get());
+        reaper_main(descriptors.report_reaper.get(), owner, child_body);
     }
-    ::close(report_pair[1]);
-    ::close(reply_pipe[1]);
-    ::close(release_pipe[0]);
+    descriptors.report_reaper.reset();
+    descriptors.reply_write.reset();
+    descriptors.release_read.reset();
+    reply_fd_ = descriptors.reply_read.release();
+    report_fd_ = descriptors.report_owner.release();
     // Opened before anything of ours can reap it (an owner's own SIGCHLD handler could, but then the pidfd simply
     // fails and nothing waits for it).
     reaper_pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, reaper, 0));
     state_ = State::running;
     ::fcntl(reply_fd_, F_SETFL, O_NONBLOCK);
+    return reaper;
+}
 
-    auto abort_start = [&] {
-        if (release_write >= 0) ::close(release_write);
-        abandon_child();
-    };
-    try {
-        ReaperReport started{};
-        Fd child_pidfd[1];
-        ssize_t got = receive_with_fds(report_fd_, &started, sizeof started, child_pidfd);
-        if (got != sizeof started || started.kind != ReaperReport::started)
-            throw Error("fork of the child: the reaper (pid " + std::to_string(reaper) + ") could not fork it");
-        pid_ = started.value;
-        if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
-        pidfd_ = child_pidfd[0].release();
-        const pid_t children[] = {pid_};
-        attach_and_release(manager, *unit_, children, [&](pid_t, const std::string& release) {
-            return write_without_sigpipe(release_write, release.data(), release.size()) ==
-                   static_cast<ssize_t>(release.size());
-        });
-        ::close(release_write);
-        release_write = -1;
-        // Wait for "entered" (or the step that failed), or the child's end: end of file on the pipe alone could
-        // come late, as a process the owner forks meanwhile holds a copy of its write end until it execs.
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-        for (;;) {
+// Steps 3 and 4: the child's pid from the reaper, then it is attached and released.
+void ProcessCore::Impl::release_child(Manager& manager, StartDescriptors& descriptors, pid_t reaper) {
+    ReaperReport started{};
+    Fd child_pidfd[1];
+    ssize_t got = receive_with_fds(report_fd_, &started, sizeof started, child_pidfd);
+    if (got != sizeof started || started.kind != ReaperReport::started)
+        throw Error("fork of the child: the reaper (pid " + std::to_string(reaper) + ") could not fork it");
+    pid_ = started.value;
+    if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
+    pidfd_ = child_pidfd[0].release();
+    const pid_t children[] = {pid_};
+    attach_and_release(manager, *unit_, children, [&](pid_t, const std::string& release) {
+        return write_without_sigpipe(descriptors.release_write.get(), release.data(), release.size()) ==
+               static_cast<ssize_t>(release.size());
+    });
+    descriptors.release_write.reset();
+}
+
+// Step 5: "entered", or the step that failed (SetupError), or the child's end before either.
+void ProcessCore::Impl::await_entry() {
+    // Wait for "entered" (or the step that failed), or the child's end: end of file on the pipe alone could
+    // come late, as a process the owner forks meanwhile holds a copy of its write end until it execs.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (;;) {
+        if (auto frame = next_frame()) {
+            decode_reply<void>(*frame, limits_);  // throws SetupError for a failed step
+            return;
+        }
+        if (reply_eof_ || channel_error_) break;
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0)
+            throw SetupError("enter the unit", 0, "the child " + std::to_string(pid_) + " did not report within 30 s");
+        pollfd fds[2] = {{reply_fd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+        ::poll(fds, 2, static_cast<int>(left.count()));
+        read_available();
+        if (fds[1].revents & POLLIN) {
+            read_available();
             if (auto frame = next_frame()) {
-                decode_reply<void>(*frame, limits_);  // throws SetupError for a failed step
+                decode_reply<void>(*frame, limits_);
                 return;
             }
-            if (reply_eof_ || channel_error_) break;
-            auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0)
-                throw SetupError("enter the unit", 0, "the child " + std::to_string(pid_) + " did not report within 30 s");
-            pollfd fds[2] = {{reply_fd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
-            ::poll(fds, 2, static_cast<int>(left.count()));
-            read_available();
-            if (fds[1].revents & POLLIN) {
-                read_available();
-                if (auto frame = next_frame()) {
-                    decode_reply<void>(*frame, limits_);
-                    return;
-                }
-                break;
-            }
+            break;
         }
-        join(std::nullopt);
-        throw SetupError("enter the unit", 0, "the child " + describe_exit(exit_status_.value_or(0)) +
-                                                  " before it entered the unit");
-    } catch (...) {
-        abort_start();
-        throw;
     }
+    join(std::nullopt);
+    throw SetupError("enter the unit", 0, "the child " + describe_exit(exit_status_.value_or(0)) +
+                                              " before it entered the unit");
 }
 
 std::optional<std::string> ProcessCore::Impl::next_frame() {
