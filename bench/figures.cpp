@@ -103,25 +103,6 @@ std::map<std::string, double> proc_fields(const std::string& path) {
     return out;
 }
 
-struct Memory {
-    double uss = 0;  // bytes: Private_Clean + Private_Dirty + Private_Hugetlb
-    double rss = 0;
-    double pss = 0;
-    double page_tables = 0;
-};
-
-Memory memory_of(pid_t pid) {
-    auto rollup = proc_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
-    auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
-    if (rollup.empty()) throw std::runtime_error("cannot read smaps_rollup of " + std::to_string(pid));
-    Memory m;
-    m.uss = (rollup["Private_Clean"] + rollup["Private_Dirty"] + rollup["Private_Hugetlb"]) * 1024;
-    m.rss = rollup["Rss"] * 1024;
-    m.pss = rollup["Pss"] * 1024;
-    m.page_tables = status["VmPTE"] * 1024;
-    return m;
-}
-
 pid_t parent_of(pid_t pid) {
     auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
     return static_cast<pid_t>(status["PPid"]);
@@ -166,6 +147,18 @@ std::string read_word(const std::string& path) {
 }  // namespace
 
 // Shared with the other figure files (figures.hpp).
+Memory memory_of(pid_t pid) {
+    auto rollup = proc_fields("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
+    if (rollup.empty()) throw std::runtime_error("cannot read smaps_rollup of " + std::to_string(pid));
+    Memory m;
+    m.uss = (rollup["Private_Clean"] + rollup["Private_Dirty"] + rollup["Private_Hugetlb"]) * 1024;
+    m.rss = rollup["Rss"] * 1024;
+    m.pss = rollup["Pss"] * 1024;
+    m.page_tables = status["VmPTE"] * 1024;
+    return m;
+}
+
 Row row(std::string figure, std::string sdf, std::string floor, std::string ratio, std::string target, Verdict v) {
     return Row{std::move(figure), std::move(sdf), std::move(floor), std::move(ratio), std::move(target), v};
 }

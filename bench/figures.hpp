@@ -1,6 +1,8 @@
 #pragma once
-// The seven figures of the benchmark. Each measures sdfutures and its floor in the same process, interleaved,
+// The nine figures of the benchmark. Each measures sdfutures and its floor in the same process, interleaved,
 // and adds its rows (and breakdown notes) to the report.
+
+#include <sys/types.h>
 
 #include <string>
 
@@ -28,6 +30,7 @@ void figure_cpu_quota(Context& c);        // 5
 void figure_worker_memory(Context& c);    // 6
 void figure_python(Context& c);           // 7
 void figure_start_methods(Context& c);    // 8 (start_methods.cpp)
+void figure_scaling(Context& c);          // 9 (scaling.cpp)
 
 // What the figures share.
 Row row(std::string figure, std::string sdf, std::string floor, std::string ratio, std::string target, Verdict v);
@@ -36,5 +39,14 @@ Verdict at_least(double value, double limit);
 sdfutures::PoolOptions pool_options(Context& c, std::size_t workers);
 void check(bool ok, const char* what);
 int trivial(int x);
+
+// A process's memory from /proc/PID/smaps_rollup and status, in bytes.
+struct Memory {
+    double uss = 0;  // Private_Clean + Private_Dirty + Private_Hugetlb
+    double rss = 0;
+    double pss = 0;
+    double page_tables = 0;
+};
+Memory memory_of(pid_t pid);
 
 }  // namespace bench

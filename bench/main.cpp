@@ -23,7 +23,8 @@ void usage(std::ostream& out) {
            "               (also SDFUTURES_BENCH_SHORT=1)\n"
            "  --reps N     repetitions per figure (default 7; the table shows medians)\n"
            "  --only LIST  figures to run, e.g. 1,3 (1 pool ready, 2 task throughput, 3 result bandwidth,\n"
-           "               4 run(), 5 CPU quota, 6 worker memory, 7 Python, 8 start methods)\n"
+           "               4 run(), 5 CPU quota, 6 worker memory, 7 Python, 8 start methods,\n"
+           "               9 scaling)\n"
            "  --samples    print every sample after the table\n"
            "Needs SDFUTURES_BUS: run it under scripts/with-systemd.\n";
 }
@@ -50,7 +51,7 @@ bench::Config parse(int argc, char** argv) {
         } else if (a == "--only") {
             std::string list = value();
             for (char ch : list)
-                if (ch >= '1' && ch <= '8') c.only.insert(ch - '0');
+                if (ch >= '1' && ch <= '9') c.only.insert(ch - '0');
         } else if (a == "--samples") {
             c.show_samples = true;
         } else if (a == "--help" || a == "-h") {
@@ -109,7 +110,8 @@ int main(int argc, char** argv) {
                                   {5, "CPU quota fidelity", bench::figure_cpu_quota},
                                   {6, "idle worker memory", bench::figure_worker_memory},
                                   {7, "Python's ProcessPoolExecutor", bench::figure_python},
-                                  {8, "start methods", bench::figure_start_methods}};
+                                  {8, "start methods", bench::figure_start_methods},
+                                  {9, "scaling", bench::figure_scaling}};
         for (const Figure& f : figures) {
             if (!config.wants(f.number)) continue;
             auto t0 = bench::Clock::now();
