@@ -89,7 +89,7 @@ bool BusState::poll_with(std::span<pollfd> fds, Deadline deadline) {
 
 void BusState::refuse_remote(const std::string& what, const std::string& instead) const {
     if (!remote_host) return;
-    throw Unsupported(what + " cannot be done over " + description +
+    throw Unsupported(what + " cannot be done through " + description +
                       ": ssh carries D-Bus messages but neither file descriptors nor this host's processes" +
                       (instead.empty() ? "" : "; " + instead));
 }
