@@ -43,6 +43,8 @@ struct BusState {
     std::unique_ptr<sdbus::IConnection> connection;
     std::unique_ptr<sdbus::IProxy> manager;
     pid_t owner_pid = 0;
+    // Bus::remote: the host as given. Such a connection runs through ssh, which carries no file descriptors.
+    std::optional<std::string> remote_host;
     // Jobs and units someone waits for; JobRemoved/UnitRemoved of anything else is dropped, so memory stays
     // bounded however busy the manager is.
     std::map<std::string, std::optional<std::string>> awaited_jobs;  // job path → result
@@ -58,6 +60,9 @@ struct BusState {
     bool poll_with(std::span<pollfd> fds, Deadline deadline);
     // Throws StateError when used in a forked child: an sd-bus connection belongs to the process that made it.
     void check_owner() const;
+    // Throws Unsupported naming `what` (and `instead`, the way out, when given) on a remote bus: what needs file
+    // descriptors or this host's processes to reach the manager cannot be done over ssh.
+    void refuse_remote(const std::string& what, const std::string& instead = {}) const;
 };
 
 // Registers interest in a unit's UnitRemoved signal for its lifetime, so that a removal between asking

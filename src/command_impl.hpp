@@ -51,7 +51,8 @@ std::string service_type(const Properties& properties);
 
 // argv[0] checked as systemd would when it executes it, so that a typo fails here, naming the program,
 // rather than as a failed unit: the absolute path to execute. Throws ProgramNotFound.
-std::string resolve_program(const std::string& name, const Properties& properties);
+std::string resolve_program(const std::string& name, const Properties& properties,
+                            const std::optional<std::string>& remote_host = std::nullopt);
 // argv with every '$' doubled, so that systemd's expansion in ExecStart= gives back what the caller wrote.
 std::vector<std::string> escape_for_exec(const std::vector<std::string>& argv);
 

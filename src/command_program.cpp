@@ -21,8 +21,16 @@ ProgramNotFound::ProgramNotFound(std::string program, const std::string& why)
 
 namespace detail {
 
-std::string resolve_program(const std::string& name, const Properties& properties) {
+std::string resolve_program(const std::string& name, const Properties& properties,
+                            const std::optional<std::string>& remote_host) {
     if (name.empty()) throw ProgramNotFound(name, "the program name is empty");
+    // The other host's files are not this host's: only systemd there can check the path.
+    if (remote_host) {
+        if (name.front() != '/')
+            throw ProgramNotFound(name, "give an absolute path: the program runs on " + *remote_host +
+                                            ", whose $PATH cannot be searched from here");
+        return name;
+    }
     // The path is resolved inside a different root there; only systemd can check it.
     if (properties.contains("RootDirectory") || properties.contains("RootImage")) {
         if (name.front() != '/') throw ProgramNotFound(name, "give an absolute path when RootDirectory=/RootImage= is set");

@@ -97,6 +97,8 @@ std::string CommandResult::status_text() const {
 void CommandProcess::Impl::record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props) {
     // systemd >= 255 has MemoryPeak=; on the unified hierarchy the v1 file does not exist.
     if (info.systemd_version >= 255 || info.cgroup_layout == CgroupLayout::unified) return;
+    // On another host the file would be written there, out of this process's reach.
+    if (detail::state_of(bus).remote_host) return;
     char path[] = "/tmp/sdfutures-cmd-peak-XXXXXX";
     int fd = ::mkostemp(path, O_CLOEXEC);
     if (fd < 0) return;  // best effort: the result then has no memory_peak, as without this

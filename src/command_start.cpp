@@ -59,6 +59,8 @@ void check_identity_properties(const Bus& bus, const Properties& properties) {
         auto [end, ec] = std::from_chars(user->data(), user->data() + user->size(), n);
         if (ec == std::errc() && end == user->data() + user->size()) {
             uid = n;
+        } else if (detail::state_of(bus).remote_host) {
+            return;  // the name is one of the other host's users, which this host cannot look up: systemd judges
         } else {
             passwd pw{}, *found = nullptr;
             std::vector<char> buf(16384);
@@ -200,7 +202,16 @@ void CommandProcess::Impl::wait_until_started() {
 
 CommandProcess Command::start() const {
     // Everything that can be checked here is, before systemd sees anything.
-    std::string program = detail::resolve_program(argv_.front(), properties_);
+    const std::optional<std::string> remote_host = bus_ ? detail::state_of(*bus_).remote_host : std::nullopt;
+    std::string program = detail::resolve_program(argv_.front(), properties_, remote_host);
+    if (remote_host) {
+        const std::string streams = detail::CommandSteps::streams_as_descriptors(*this);
+        if (!streams.empty())
+            detail::state_of(*bus_).refuse_remote(
+                "running '" + argv_.front() + "' with " + streams + " (captured, fed, inherited or your own)",
+                "send them to the journal or to /dev/null: stdout_to_journal() or stdout_to_null(), the same for "
+                "stderr, and stdin_from_null() (the default)");
+    }
     detail::CommandSteps::check_stream_descriptors(*this);
     std::vector<DbusProperty> props = detail::CommandSteps::unit_properties(*this, program);
     Bus bus = bus_ ? *bus_ : Bus::automatic();

@@ -17,6 +17,7 @@
 
 #include "anchored_unit.hpp"
 #include "bootstrap.hpp"
+#include "bus_state.hpp"
 #include "channel.hpp"
 #include "fd_util.hpp"
 #include "exec_server.hpp"
@@ -70,6 +71,7 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     options.max_window = std::max<std::size_t>(options.max_window, 1);
     if (options.unit_name.empty()) options.unit_name = default_unit_name("pool");
     bus = options.bus ? *options.bus : Bus::automatic();
+    state_of(*bus).refuse_remote("starting a pool's workers", "they are this host's processes");
     unit.emplace(*bus, options.unit_name);
     // Also for exec: a property the cgroup layout cannot honour is refused, not silently ignored by systemd.
     require_support(*bus, properties, /*attaches=*/!exec);

@@ -21,6 +21,7 @@
 #include "sdfutures/manager.hpp"
 #include "anchored_unit.hpp"
 #include "bootstrap.hpp"
+#include "bus_state.hpp"
 #include "fd_util.hpp"
 #include "forked_child.hpp"
 #include "unit_entry.hpp"
@@ -186,6 +187,7 @@ ProcessCore::Impl::Impl(Properties properties, ProcessOptions options)
     check_properties_reach_forked_children(properties_);
     if (options_.unit_name.empty()) options_.unit_name = default_unit_name("process");
     bus_ = options_.bus ? *options_.bus : Bus::automatic();
+    state_of(*bus_).refuse_remote("starting a TransientUnitProcess", "its process is this host's");
     unit_.emplace(*bus_, options_.unit_name);
 }
 

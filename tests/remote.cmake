@@ -1,0 +1,1 @@
+sdfutures_add_test(remote_test remote_test.cpp)
