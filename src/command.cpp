@@ -152,6 +152,9 @@ std::vector<DbusProperty> detail::CommandSteps::unit_properties(const Command& c
         add("Description", sdbus::Variant("sdfutures command: " + join_argv(command.argv_)));
     if (!own_properties.contains("CPUAccounting")) add("CPUAccounting", sdbus::Variant(true));
     if (!own_properties.contains("MemoryAccounting")) add("MemoryAccounting", sdbus::Variant(true));
+    // On a v1 layout systemd gives the unit a blkio cgroup of its own for this (BlockIOAccounting= too).
+    if (!own_properties.contains("IOAccounting") && !own_properties.contains("BlockIOAccounting"))
+        add("IOAccounting", sdbus::Variant(true));
     auto own = own_properties.to_dbus();  // throws PropertyError
     props.insert(props.end(), std::make_move_iterator(own.begin()), std::make_move_iterator(own.end()));
     using Exec = sdbus::Struct<std::string, std::vector<std::string>, bool>;

@@ -103,7 +103,8 @@ struct CommandProcess::Impl {
     std::shared_ptr<const std::string> stdin_data;
     size_t stdin_written = 0;
     Capture out, err;
-    std::string peak_file;  // record_memory_peak()'s file, removed once read (or when the handle goes)
+    std::string usage_file;  // record_cgroup_usage()'s file, removed once read (or when the handle goes)
+    bool blkio_counted = false;  // a v1 blkio counter counted on some device when the unit was started
 
     std::optional<CommandResult> result;
     bool result_taken = false;
@@ -163,10 +164,11 @@ struct CommandProcess::Impl {
 
     // ---- the end (command_result.cpp)
 
-    // Where the manager records no MemoryPeak= (systemd < 255) and the memory controller is a v1 one, whose
-    // cgroup is removed before the end is reported: an ExecStopPost=, run while the cgroup still exists,
-    // copies its memory.max_usage_in_bytes to `peak_file`, which finish() reads.
-    void record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props);
+    // Where the controllers are v1 ones (hybrid or legacy layout), whose cgroups are removed before the end is
+    // reported, and systemd 252 records neither MemoryPeak= nor IOReadBytes=/IOWriteBytes=: an ExecStopPost=,
+    // run while the cgroups still exist, copies memory.max_usage_in_bytes and the blkio byte counters to
+    // `usage_file`, which finish() reads.
+    void record_cgroup_usage(const SystemInfo& info, std::vector<DbusProperty>& props);
 
     // The unit has ended: reads its properties, releases it, and settles `result` or `failure`.
     void finish();

@@ -60,6 +60,19 @@ struct CommandResult {
     // ExecStopPost= (/bin/sh) that Command adds while the cgroup still exists (it is gone when the end is
     // reported). Of the last run under Restart=; none with RemainAfterExit=yes or when unaccounted.
     std::optional<uint64_t> memory_peak;
+    // Bytes the unit's processes read from and wrote to block devices (what reached the device: reads served
+    // from the page cache are not counted, and buffered writes count when they are written back, by whoever
+    // causes it; O_DIRECT and fsync'd writes count as the program's). IOReadBytes=/IOWriteBytes= where the
+    // manager records them (cgroup v2, IOAccounting=yes, which Command sets unless you set it or
+    // BlockIOAccounting= yourself). systemd 252 on the hybrid or legacy layout records none: there the v1 blkio
+    // cgroup's blkio.throttle.io_service_bytes_recursive (or blkio.bfq.*, on a bfq-scheduled device) is copied
+    // by the same ExecStopPost= as memory_peak and summed over the devices it lists (a little of it is that
+    // /bin/sh's own reading, when /bin/sh is not cached). Empty, not 0, when no counter lists any device: the
+    // kernel's blk-throttle (measured on 6.18) counts on a device only once a throttle limit has been set on it
+    // since boot, in any cgroup's blkio.throttle.*_device, and bfq only on a bfq-scheduled device; IO to a
+    // device that no counter lists is not included. Of the last run, as above.
+    std::optional<uint64_t> io_read_bytes;
+    std::optional<uint64_t> io_write_bytes;
     // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
     std::optional<std::chrono::microseconds> run_time;
     std::string captured_stdout;     // empty unless capture_stdout()
