@@ -74,8 +74,10 @@ struct CommandProcess::Impl {
         bool truncated = false;
     };
     struct Request {
-        enum Kind { stop, kill } kind;
+        enum Kind { stop, kill, write_terminal, resize_terminal } kind;
         int signal = 0;
+        std::string data;   // write_terminal
+        PtyOptions size;    // resize_terminal
         bool because_of_timeout = false;
         std::promise<void> done;
     };
@@ -103,6 +105,12 @@ struct CommandProcess::Impl {
     std::shared_ptr<const std::string> stdin_data;
     size_t stdin_written = 0;
     Capture out, err;
+    // pty(): the terminal's master (non-blocking), closed at the end or when no replica is open any more (EIO),
+    // and what is still to be written to it.
+    OwnedFd terminal;
+    bool has_terminal = false;
+    std::string terminal_input;
+    size_t terminal_input_written = 0;
     std::string usage_file;  // record_cgroup_usage()'s file, removed once read (or when the handle goes)
     bool blkio_counted = false;  // a v1 blkio counter counted on some device when the unit was started
 
@@ -119,6 +127,7 @@ struct CommandProcess::Impl {
     bool serving = false;
     std::vector<std::shared_ptr<Request>> requests;      // not yet carried out
     std::vector<std::shared_ptr<Request>> stop_waiters;  // stop sent; answered when the command has finished
+    std::string terminal_output;  // read from the terminal, not yet taken by read_terminal() (or the result)
     OwnedFd wake;                                         // eventfd: a request is waiting
 
     explicit Impl(Bus b) : bus(std::move(b)) {}
@@ -152,6 +161,10 @@ struct CommandProcess::Impl {
     void serve(detail::Deadline deadline, const std::function<bool()>& until);
     void poll_once(detail::BusState& state, detail::Deadline deadline);
     void feed_stdin();
+    // pty(): writes what the terminal takes of terminal_input; reads what it holds (at most `rounds` chunks)
+    // into terminal_output, waking a thread waiting in read_terminal().
+    void feed_terminal();
+    void read_terminal(int rounds);
     // Reads what the pipe holds now (at most `rounds` chunks); closes it at end of file or at the cap.
     void read_capture(Capture& c, int rounds);
     void carry_out_requests();
@@ -199,6 +212,9 @@ struct CommandSteps {
     // The streams' properties appended to `props`; the pipes this process serves kept in `process`
     // (command_loop.cpp).
     static void connect_streams(const Command& command, std::vector<DbusProperty>& props, CommandProcess::Impl& process);
+    // pty(): a new pseudo-terminal of `size`; its master goes to `process`, its replica is returned for systemd
+    // (command_loop.cpp).
+    static OwnedFd open_terminal(PtyOptions size, CommandProcess::Impl& process);
 };
 
 }  // namespace sdfutures::detail

@@ -284,6 +284,10 @@ void CommandProcess::Impl::finish() {
         uint64_t exited = get("ExecMainExitTimestampMonotonic", uint64_t{0});
         if (started && exited >= started) r.run_time = std::chrono::microseconds(exited - started);
         r.captured_stdout = std::move(out.data);
+        if (has_terminal) {  // what read_terminal() did not take
+            std::lock_guard lock(control);
+            r.captured_stdout = std::exchange(terminal_output, std::string());
+        }
         r.captured_stderr = std::move(err.data);
         r.stdout_truncated = out.truncated;
         r.stderr_truncated = err.truncated;

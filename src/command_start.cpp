@@ -73,7 +73,7 @@ void check_identity_properties(const Bus& bus, const Properties& properties) {
 std::string CommandSteps::streams_as_descriptors(const Command& command) {
     auto by_descriptor = [](const Command::StreamSpec& s) {
         return s.kind == Command::Stream::fd || s.kind == Command::Stream::capture || s.kind == Command::Stream::data ||
-               s.kind == Command::Stream::inherit;
+               s.kind == Command::Stream::inherit || s.kind == Command::Stream::terminal;
     };
     std::string names;
     auto add = [&](const char* name) { names += (names.empty() ? "" : ", ") + std::string(name); };
