@@ -105,9 +105,12 @@ struct CommandProcess::Impl {
     std::shared_ptr<const std::string> stdin_data;
     size_t stdin_written = 0;
     Capture out, err;
-    // pty(): the terminal's master (non-blocking), closed at the end or when no replica is open any more (EIO),
-    // and what is still to be written to it.
-    OwnedFd terminal;
+    // pty(): the terminal's master (non-blocking) and what is still to be written to it; and a replica of our
+    // own, held until the end, as the pipes' ends are not: measured on kernel 6.18, with only systemd's and the
+    // program's copy of the replica (one open file), the master intermittently read EIO (the replica side "closed")
+    // while the program was still running and writing, after which nothing more came. Held open here, the master
+    // never sees the replica closed; the end is the unit's, and the rest is read until EAGAIN, as for the pipes.
+    OwnedFd terminal, terminal_replica;
     bool has_terminal = false;
     std::string terminal_input;
     size_t terminal_input_written = 0;
@@ -212,9 +215,8 @@ struct CommandSteps {
     // The streams' properties appended to `props`; the pipes this process serves kept in `process`
     // (command_loop.cpp).
     static void connect_streams(const Command& command, std::vector<DbusProperty>& props, CommandProcess::Impl& process);
-    // pty(): a new pseudo-terminal of `size`; its master goes to `process`, its replica is returned for systemd
-    // (command_loop.cpp).
-    static OwnedFd open_terminal(PtyOptions size, CommandProcess::Impl& process);
+    // pty(): a new pseudo-terminal of `size`, its master and replica kept in `process` (command_loop.cpp).
+    static void open_terminal(PtyOptions size, CommandProcess::Impl& process);
 };
 
 }  // namespace sdfutures::detail

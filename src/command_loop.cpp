@@ -41,7 +41,7 @@ Pipe make_pipe() {
     return p;
 }
 
-OwnedFd CommandSteps::open_terminal(PtyOptions size, CommandProcess::Impl& process) {
+void CommandSteps::open_terminal(PtyOptions size, CommandProcess::Impl& process) {
     OwnedFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
     if (!master) throw SystemError("posix_openpt", errno, "to open a pseudo-terminal for the program");
     if (::grantpt(master.get()) < 0) throw SystemError("grantpt", errno, "to open a pseudo-terminal for the program");
@@ -58,8 +58,8 @@ OwnedFd CommandSteps::open_terminal(PtyOptions size, CommandProcess::Impl& proce
     if (!replica) throw SystemError("open", errno, std::string("to open the program's terminal ") + name);
     set_nonblocking(master.get());
     process.terminal = std::move(master);
+    process.terminal_replica = std::move(replica);
     process.has_terminal = true;
-    return replica;
 }
 
 void set_nonblocking(int fd) {
@@ -78,11 +78,9 @@ void detail::CommandSteps::connect_streams(const Command& command, std::vector<D
     using Stream = Command::Stream;
     auto add = [&](const char* name, sdbus::Variant value) { props.emplace_back(name, std::move(value)); };
     if (command.stdin_.kind == Stream::terminal) {  // pty(): all three streams, and only then
-        // Ours closes here: systemd's copies (and the program's) are then the only replicas, so the master reads
-        // EIO once they are all closed.
-        OwnedFd replica = open_terminal(command.pty_size_, process);
+        open_terminal(command.pty_size_, process);
         for (const char* name : {"StandardInputFileDescriptor", "StandardOutputFileDescriptor", "StandardErrorFileDescriptor"})
-            add(name, fd_variant(replica.get(), "the terminal"));
+            add(name, fd_variant(process.terminal_replica.get(), "the terminal"));
         return;
     }
     switch (command.stdin_.kind) {
@@ -255,7 +253,7 @@ void CommandProcess::Impl::read_terminal(int rounds) {
         if (r > 0) continue;
         if (r < 0 && (saved == EINTR)) continue;
         if (r < 0 && saved == EAGAIN) break;
-        // EIO: every replica is closed (the program and systemd are done with it); nothing more can come.
+        // EIO: no replica is open (cannot happen while this process holds one); nothing more can come.
         terminal.reset();
     }
     if (got.empty()) return;
@@ -429,6 +427,7 @@ void CommandProcess::Impl::drain_pipes() {
     err.fd.reset();
     read_terminal(std::numeric_limits<int>::max());
     terminal.reset();
+    terminal_replica.reset();
     terminal_input.clear();
 }
 

@@ -209,7 +209,9 @@ CommandProcess Command::start() const {
     auto impl = detail::CommandSteps::new_process(*this, std::move(bus), std::move(program));
     // The program's ends of the pipes live only in `props` (as sd-bus copies) until the call has been made.
     detail::CommandSteps::connect_streams(*this, props, *impl);
-    impl->record_cgroup_usage(info, props);
+    // Not with a terminal: systemd resets and flushes (TCIOFLUSH) a terminal stdin for every process it spawns,
+    // and the ExecStopPost= would throw away the program's last output before this process has read it.
+    if (!impl->has_terminal) impl->record_cgroup_usage(info, props);
     impl->start_unit(props);
     // systemd holds its own copies now; ours would keep the pipes from reaching end of file.
     props.clear();

@@ -82,7 +82,7 @@ struct CommandResult {
     std::optional<uint64_t> io_write_bytes;
     // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
     std::optional<std::chrono::microseconds> run_time;
-    std::string captured_stdout;     // empty unless capture_stdout(); with pty(), what CommandProcess::read_terminal() had not taken
+    std::string captured_stdout;     // empty unless capture_stdout(); with pty(), what read_terminal() had not taken
     std::string captured_stderr;     // empty unless capture_stderr()
     bool stdout_truncated = false;   // the capture limit was reached: later output was not read
     bool stderr_truncated = false;
@@ -216,6 +216,10 @@ public:
     // needed, and the terminal is the same whatever /dev/pts the manager sees. The terminal does what terminals
     // do: it echoes input, turns "\n" into "\r\n" on output, hands input over line by line (canonical mode), and
     // takes "\x04" at a line's start as end of file, "\x03" as SIGINT. TERM is not set: environment("TERM", ...).
+    // systemd (per its source) resets and flushes (TCIOFLUSH) a terminal stdin for every process it spawns: input
+    // written before the program was executed is discarded (start() returns after that under Type=exec, the
+    // default; not under Type=simple), and for the same reason Command adds no ExecStopPost= (it would discard
+    // the program's last output), so on the hybrid layout memory_peak and the IO bytes stay empty with pty().
     // Combined with any stdin, stdout or stderr setter (either order), throws UnsupportedProperty naming both.
     Command& pty(PtyOptions size = {});
 
