@@ -2,6 +2,7 @@
 // unit is started with.
 #include "sdfutures/command.hpp"
 
+#include <array>
 #include <functional>
 #include <map>
 #include <set>
@@ -103,27 +104,61 @@ Command& Command::bus(Bus bus) {
     return *this;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The streams
+
+namespace {
+
+constexpr std::array<const char*, 3> kStreamProperty = {"StandardInput", "StandardOutput", "StandardError"};
+constexpr const char* kPtyStreams = "pty(), which makes stdin, stdout and stderr a terminal";
+
+}  // namespace
+
+Command& Command::set_stream(Which which, StreamSpec spec, const char* setter) {
+    if (stdin_.kind == Stream::terminal)
+        throw UnsupportedProperty(kStreamProperty.at(which), std::string(setter) + " cannot be combined with " + kPtyStreams);
+    StreamSpec& stream = which == in ? stdin_ : which == out ? stdout_ : stderr_;
+    stream = spec;
+    setter_.at(which) = setter;
+    return *this;
+}
+
 Command& Command::stdin_from(std::string data) {
-    stdin_ = {Stream::data};
+    set_stream(in, {Stream::data}, "stdin_from()");
     stdin_data_ = std::make_shared<const std::string>(std::move(data));
     return *this;
 }
-Command& Command::stdin_from_fd(int fd) { stdin_ = {Stream::fd, fd}; return *this; }
-Command& Command::stdin_from_null() { stdin_ = {Stream::null}; return *this; }
-Command& Command::inherit_stdin() { stdin_ = {Stream::inherit}; return *this; }
+Command& Command::stdin_from_fd(int fd) { return set_stream(in, {Stream::fd, fd}, "stdin_from_fd()"); }
+Command& Command::stdin_from_null() { return set_stream(in, {Stream::null}, "stdin_from_null()"); }
+Command& Command::inherit_stdin() { return set_stream(in, {Stream::inherit}, "inherit_stdin()"); }
 
-Command& Command::capture_stdout(std::optional<std::size_t> max_bytes) { stdout_ = {Stream::capture, -1, max_bytes}; return *this; }
-Command& Command::stdout_to_fd(int fd) { stdout_ = {Stream::fd, fd}; return *this; }
-Command& Command::stdout_to_null() { stdout_ = {Stream::null}; return *this; }
-Command& Command::stdout_to_journal() { stdout_ = {Stream::journal}; return *this; }
-Command& Command::inherit_stdout() { stdout_ = {Stream::inherit}; return *this; }
+Command& Command::capture_stdout(std::optional<std::size_t> max_bytes) {
+    return set_stream(out, {Stream::capture, -1, max_bytes}, "capture_stdout()");
+}
+Command& Command::stdout_to_fd(int fd) { return set_stream(out, {Stream::fd, fd}, "stdout_to_fd()"); }
+Command& Command::stdout_to_null() { return set_stream(out, {Stream::null}, "stdout_to_null()"); }
+Command& Command::stdout_to_journal() { return set_stream(out, {Stream::journal}, "stdout_to_journal()"); }
+Command& Command::inherit_stdout() { return set_stream(out, {Stream::inherit}, "inherit_stdout()"); }
 
-Command& Command::capture_stderr(std::optional<std::size_t> max_bytes) { stderr_ = {Stream::capture, -1, max_bytes}; return *this; }
-Command& Command::stderr_to_fd(int fd) { stderr_ = {Stream::fd, fd}; return *this; }
-Command& Command::stderr_to_null() { stderr_ = {Stream::null}; return *this; }
-Command& Command::stderr_to_journal() { stderr_ = {Stream::journal}; return *this; }
-Command& Command::inherit_stderr() { stderr_ = {Stream::inherit}; return *this; }
-Command& Command::stderr_to_stdout() { stderr_ = {Stream::to_stdout}; return *this; }
+Command& Command::capture_stderr(std::optional<std::size_t> max_bytes) {
+    return set_stream(err, {Stream::capture, -1, max_bytes}, "capture_stderr()");
+}
+Command& Command::stderr_to_fd(int fd) { return set_stream(err, {Stream::fd, fd}, "stderr_to_fd()"); }
+Command& Command::stderr_to_null() { return set_stream(err, {Stream::null}, "stderr_to_null()"); }
+Command& Command::stderr_to_journal() { return set_stream(err, {Stream::journal}, "stderr_to_journal()"); }
+Command& Command::inherit_stderr() { return set_stream(err, {Stream::inherit}, "inherit_stderr()"); }
+Command& Command::stderr_to_stdout() { return set_stream(err, {Stream::to_stdout}, "stderr_to_stdout()"); }
+
+Command& Command::pty(PtyOptions size) {
+    for (Which which : {in, out, err})
+        if (const char* setter = setter_.at(which); setter && stdin_.kind != Stream::terminal)
+            throw UnsupportedProperty(kStreamProperty.at(which),
+                                      std::string(kPtyStreams) + ", cannot be combined with " + setter + ", given before");
+    stdin_ = stdout_ = stderr_ = StreamSpec{Stream::terminal};
+    stdin_data_.reset();
+    pty_size_ = size;
+    return *this;
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // The unit's properties
@@ -152,6 +187,9 @@ std::vector<DbusProperty> detail::CommandSteps::unit_properties(const Command& c
         add("Description", sdbus::Variant("sdfutures command: " + join_argv(command.argv_)));
     if (!own_properties.contains("CPUAccounting")) add("CPUAccounting", sdbus::Variant(true));
     if (!own_properties.contains("MemoryAccounting")) add("MemoryAccounting", sdbus::Variant(true));
+    // On a v1 layout systemd gives the unit a blkio cgroup of its own for this (BlockIOAccounting= too).
+    if (!own_properties.contains("IOAccounting") && !own_properties.contains("BlockIOAccounting"))
+        add("IOAccounting", sdbus::Variant(true));
     auto own = own_properties.to_dbus();  // throws PropertyError
     props.insert(props.end(), std::make_move_iterator(own.begin()), std::make_move_iterator(own.end()));
     using Exec = sdbus::Struct<std::string, std::vector<std::string>, bool>;

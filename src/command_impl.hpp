@@ -75,8 +75,10 @@ struct CommandProcess::Impl {
         bool truncated = false;
     };
     struct Request {
-        enum Kind { stop, kill } kind;
+        enum Kind { stop, kill, write_terminal, resize_terminal } kind;
         int signal = 0;
+        std::string data;   // write_terminal
+        PtyOptions size;    // resize_terminal
         bool because_of_timeout = false;
         std::promise<void> done;
     };
@@ -104,7 +106,17 @@ struct CommandProcess::Impl {
     std::shared_ptr<const std::string> stdin_data;
     size_t stdin_written = 0;
     Capture out, err;
-    std::string peak_file;  // record_memory_peak()'s file, removed once read (or when the handle goes)
+    // pty(): the terminal's master (non-blocking) and what is still to be written to it; and a replica of our
+    // own, held until the end, as the pipes' ends are not: measured on kernel 6.18, with only systemd's and the
+    // program's copy of the replica (one open file), the master intermittently read EIO (the replica side "closed")
+    // while the program was still running and writing, after which nothing more came. Held open here, the master
+    // never sees the replica closed; the end is the unit's, and the rest is read until EAGAIN, as for the pipes.
+    OwnedFd terminal, terminal_replica;
+    bool has_terminal = false;
+    std::string terminal_input;
+    size_t terminal_input_written = 0;
+    std::string usage_file;  // record_cgroup_usage()'s file, removed once read (or when the handle goes)
+    bool blkio_counted = false;  // a v1 blkio counter counted on some device when the unit was started
 
     std::optional<CommandResult> result;
     bool result_taken = false;
@@ -119,6 +131,7 @@ struct CommandProcess::Impl {
     bool serving = false;
     std::vector<std::shared_ptr<Request>> requests;      // not yet carried out
     std::vector<std::shared_ptr<Request>> stop_waiters;  // stop sent; answered when the command has finished
+    std::string terminal_output;  // read from the terminal, not yet taken by read_terminal() (or the result)
     OwnedFd wake;                                         // eventfd: a request is waiting
 
     explicit Impl(Bus b) : bus(std::move(b)) {}
@@ -152,6 +165,10 @@ struct CommandProcess::Impl {
     void serve(detail::Deadline deadline, const std::function<bool()>& until);
     void poll_once(detail::BusState& state, detail::Deadline deadline);
     void feed_stdin();
+    // pty(): writes what the terminal takes of terminal_input; reads what it holds (at most `rounds` chunks)
+    // into terminal_output, waking a thread waiting in read_terminal().
+    void feed_terminal();
+    void read_terminal(int rounds);
     // Reads what the pipe holds now (at most `rounds` chunks); closes it at end of file or at the cap.
     void read_capture(Capture& c, int rounds);
     void carry_out_requests();
@@ -164,10 +181,11 @@ struct CommandProcess::Impl {
 
     // ---- the end (command_result.cpp)
 
-    // Where the manager records no MemoryPeak= (systemd < 255) and the memory controller is a v1 one, whose
-    // cgroup is removed before the end is reported: an ExecStopPost=, run while the cgroup still exists,
-    // copies its memory.max_usage_in_bytes to `peak_file`, which finish() reads.
-    void record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props);
+    // Where the controllers are v1 ones (hybrid or legacy layout), whose cgroups are removed before the end is
+    // reported, and systemd 252 records neither MemoryPeak= nor IOReadBytes=/IOWriteBytes=: an ExecStopPost=,
+    // run while the cgroups still exist, copies memory.max_usage_in_bytes and the blkio byte counters to
+    // `usage_file`, which finish() reads.
+    void record_cgroup_usage(const SystemInfo& info, std::vector<DbusProperty>& props);
 
     // The unit has ended: reads its properties, releases it, and settles `result` or `failure`.
     void finish();
@@ -198,6 +216,8 @@ struct CommandSteps {
     // The streams' properties appended to `props`; the pipes this process serves kept in `process`
     // (command_loop.cpp).
     static void connect_streams(const Command& command, std::vector<DbusProperty>& props, CommandProcess::Impl& process);
+    // pty(): a new pseudo-terminal of `size`, its master and replica kept in `process` (command_loop.cpp).
+    static void open_terminal(PtyOptions size, CommandProcess::Impl& process);
 };
 
 }  // namespace sdfutures::detail

@@ -3,6 +3,8 @@
 // output in the same poll(2), and follows the start job and the unit's state until the unit has ended.
 #include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -39,6 +41,27 @@ Pipe make_pipe() {
     return p;
 }
 
+void CommandSteps::open_terminal(PtyOptions size, CommandProcess::Impl& process) {
+    OwnedFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!master) throw SystemError("posix_openpt", errno, "to open a pseudo-terminal for the program");
+    if (::grantpt(master.get()) < 0) throw SystemError("grantpt", errno, "to open a pseudo-terminal for the program");
+    if (::unlockpt(master.get()) < 0) throw SystemError("unlockpt", errno, "to open a pseudo-terminal for the program");
+    winsize ws{};
+    ws.ws_row = size.rows;
+    ws.ws_col = size.cols;
+    if (::ioctl(master.get(), TIOCSWINSZ, &ws) < 0) throw SystemError("ioctl(TIOCSWINSZ)", errno, "to size the program's terminal");
+    char name[64];
+    if (int e = ::ptsname_r(master.get(), name, sizeof name); e != 0)
+        throw SystemError("ptsname_r", e, "to name the program's terminal");
+    // O_NOCTTY: the replica does not become this process's controlling terminal; systemd makes it the program's.
+    OwnedFd replica(::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!replica) throw SystemError("open", errno, std::string("to open the program's terminal ") + name);
+    set_nonblocking(master.get());
+    process.terminal = std::move(master);
+    process.terminal_replica = std::move(replica);
+    process.has_terminal = true;
+}
+
 void set_nonblocking(int fd) {
     int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
@@ -54,6 +77,12 @@ void detail::CommandSteps::connect_streams(const Command& command, std::vector<D
                                            CommandProcess::Impl& process) {
     using Stream = Command::Stream;
     auto add = [&](const char* name, sdbus::Variant value) { props.emplace_back(name, std::move(value)); };
+    if (command.stdin_.kind == Stream::terminal) {  // pty(): all three streams, and only then
+        open_terminal(command.pty_size_, process);
+        for (const char* name : {"StandardInputFileDescriptor", "StandardOutputFileDescriptor", "StandardErrorFileDescriptor"})
+            add(name, fd_variant(process.terminal_replica.get(), "the terminal"));
+        return;
+    }
     switch (command.stdin_.kind) {
         case Stream::data: {
             Pipe p = make_pipe();
@@ -173,10 +202,15 @@ void CommandProcess::Impl::serve(detail::Deadline deadline, const std::function<
 }
 
 void CommandProcess::Impl::poll_once(detail::BusState& state, detail::Deadline deadline) {
-    pollfd fds[4];
+    pollfd fds[5];
     size_t n = 0;
     fds[n++] = pollfd{wake.get(), POLLIN, 0};
-    int stdin_slot = -1, out_slot = -1, err_slot = -1;
+    int stdin_slot = -1, out_slot = -1, err_slot = -1, terminal_slot = -1;
+    if (terminal) {
+        terminal_slot = int(n);
+        auto events = short(POLLIN | (terminal_input_written < terminal_input.size() ? POLLOUT : 0));
+        fds[n++] = pollfd{terminal.get(), events, 0};
+    }
     if (stdin_fd) { stdin_slot = int(n); fds[n++] = pollfd{stdin_fd.get(), POLLOUT, 0}; }
     if (out.fd) { out_slot = int(n); fds[n++] = pollfd{out.fd.get(), POLLIN, 0}; }
     if (err.fd) { err_slot = int(n); fds[n++] = pollfd{err.fd.get(), POLLIN, 0}; }
@@ -188,6 +222,44 @@ void CommandProcess::Impl::poll_once(detail::BusState& state, detail::Deadline d
     if (stdin_slot >= 0 && fds[stdin_slot].revents) feed_stdin();
     if (out_slot >= 0 && fds[out_slot].revents) read_capture(out, kReadsPerWakeup);
     if (err_slot >= 0 && fds[err_slot].revents) read_capture(err, kReadsPerWakeup);
+    if (terminal_slot >= 0 && (fds[terminal_slot].revents & POLLOUT)) feed_terminal();
+    if (terminal_slot >= 0 && (fds[terminal_slot].revents & ~POLLOUT)) read_terminal(kReadsPerWakeup);
+}
+
+void CommandProcess::Impl::feed_terminal() {
+    while (terminal && terminal_input_written < terminal_input.size()) {
+        size_t n = terminal_input.size() - terminal_input_written;
+        ssize_t w = detail::sys::write(terminal.get(), terminal_input.data() + terminal_input_written, n);
+        if (w > 0) {
+            terminal_input_written += size_t(w);
+            continue;
+        }
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) return;
+        break;  // EIO: no replica is open any more; nobody will read the rest
+    }
+    terminal_input.clear();
+    terminal_input_written = 0;
+}
+
+void CommandProcess::Impl::read_terminal(int rounds) {
+    std::string got;
+    for (int i = 0; i < rounds && terminal; ++i) {
+        size_t old = got.size();
+        got.resize(old + kReadChunk);
+        ssize_t r = detail::sys::read(terminal.get(), got.data() + old, kReadChunk);
+        int saved = errno;
+        got.resize(old + (r > 0 ? size_t(r) : 0));
+        if (r > 0) continue;
+        if (r < 0 && (saved == EINTR)) continue;
+        if (r < 0 && saved == EAGAIN) break;
+        // EIO: no replica is open (cannot happen while this process holds one); nothing more can come.
+        terminal.reset();
+    }
+    if (got.empty()) return;
+    std::lock_guard lock(control);
+    terminal_output += got;
+    control_cv.notify_all();
 }
 
 void CommandProcess::Impl::feed_stdin() {
@@ -246,6 +318,24 @@ void CommandProcess::Impl::carry_out_requests() {
             continue;
         }
         try {
+            if (r->kind == Request::write_terminal) {
+                if (terminal) {
+                    terminal_input.append(r->data);
+                    feed_terminal();
+                }
+                answer(*r);
+                continue;
+            }
+            if (r->kind == Request::resize_terminal) {
+                winsize ws{};
+                ws.ws_row = r->size.rows;
+                ws.ws_col = r->size.cols;
+                // The kernel sends SIGWINCH to the terminal's foreground process group, if the size changed.
+                if (terminal && ::ioctl(terminal.get(), TIOCSWINSZ, &ws) < 0)
+                    throw SystemError("ioctl(TIOCSWINSZ)", errno, "to resize the terminal of unit " + unit);
+                answer(*r);
+                continue;
+            }
             if (r->kind == Request::kill) {
                 try {
                     state.manager->callMethod("KillUnit").onInterface(kManagerInterface)
@@ -335,6 +425,10 @@ void CommandProcess::Impl::drain_pipes() {
     for (Capture* c : {&out, &err}) read_capture(*c, std::numeric_limits<int>::max());
     out.fd.reset();
     err.fd.reset();
+    read_terminal(std::numeric_limits<int>::max());
+    terminal.reset();
+    terminal_replica.reset();
+    terminal_input.clear();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -385,6 +479,47 @@ void CommandProcess::stop() {
     auto r = std::make_shared<Impl::Request>();
     r->kind = Impl::Request::stop;
     impl().request(std::move(r));
+}
+
+void CommandProcess::write_terminal(std::string data) {
+    Impl& i = impl();
+    if (!i.has_terminal) throw StateError("write_terminal(): unit " + i.unit + " was not started with pty()");
+    auto r = std::make_shared<Impl::Request>();
+    r->kind = Impl::Request::write_terminal;
+    r->data = std::move(data);
+    i.request(std::move(r));
+}
+
+void CommandProcess::resize_terminal(PtyOptions size) {
+    Impl& i = impl();
+    if (!i.has_terminal) throw StateError("resize_terminal(): unit " + i.unit + " was not started with pty()");
+    auto r = std::make_shared<Impl::Request>();
+    r->kind = Impl::Request::resize_terminal;
+    r->size = size;
+    i.request(std::move(r));
+}
+
+std::string CommandProcess::read_terminal(std::chrono::milliseconds timeout) {
+    Impl& i = impl();
+    if (!i.has_terminal) throw StateError("read_terminal(): unit " + i.unit + " was not started with pty()");
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    // Under the control lock, as serve() calls it and as read_terminal(int) appends.
+    auto ready = [&] { return !i.terminal_output.empty() || i.finished.load(); };
+    std::unique_lock lock(i.control);
+    for (;;) {
+        if (ready()) return std::exchange(i.terminal_output, std::string());
+        if (std::chrono::steady_clock::now() >= deadline) return {};
+        if (!i.serving) {
+            // Nobody serves: this thread does, until there is output, the end, or the deadline.
+            i.serving = true;
+            lock.unlock();
+            i.serve(deadline, ready);
+            lock.lock();
+            continue;
+        }
+        // Another thread serves; it wakes this one when it reads output or stops serving.
+        i.control_cv.wait_until(lock, deadline);
+    }
 }
 
 void CommandProcess::kill(int signal) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -32,27 +33,132 @@ std::string signal_name(int sig) {
     return abbrev ? std::string("SIG") + abbrev : std::to_string(sig);
 }
 
-// The privileged ExecStopPost= of record_memory_peak(): the shell's builtins alone, so that it needs nothing but
-// /bin/sh. It runs in the unit's cgroups, so /proc/self/cgroup names the one to read. It writes only into a file
-// that still exists: a handle that went first has removed it, and nothing is to be left behind.
-constexpr const char* kPeakScript =
+// The privileged ExecStopPost= of record_cgroup_usage(): the shell's builtins alone, so that it needs nothing but
+// /bin/sh. It runs in the unit's cgroups, so /proc/self/cgroup names the ones to read; only those that end in the
+// unit's name ($2) are the unit's own (with MemoryAccounting=no or IOAccounting=no the unit stays in its slice's,
+// whose figures are not the program's). It copies, one line each:
+//   memory <memory.max_usage_in_bytes>                  the v1 memory controller's peak
+//   blkio                                               the unit has a v1 blkio cgroup of its own; then
+//   throttle|bfq <MAJ:MIN> <Read|Write|...> <bytes>    its io_service_bytes_recursive, a line per device and op
+//   iostat                                              the unit's cgroup2 has the io controller; then
+//   io <MAJ:MIN> rbytes=<n> wbytes=<n> ...             its io.stat
+// into $1, and only if that file still exists: a handle that went first has removed it, and nothing is to be
+// left behind.
+constexpr const char* kUsageScript =
+    "[ -e \"$1\" ] || exit 0;"
     "while IFS=: read -r _ controllers path; do"
-    "  if [ \"$controllers\" = memory ]; then"
-    "    read -r peak < \"/sys/fs/cgroup/memory$path/memory.max_usage_in_bytes\" &&"
-    "      [ -e \"$1\" ] && echo \"$peak\" > \"$1\";"
-    "  fi;"
-    "done < /proc/self/cgroup";
+    "  case \"$path\" in */\"$2\") ;; *) continue;; esac;"
+    "  case \"$controllers\" in"
+    "  memory) read -r v < \"/sys/fs/cgroup/memory$path/memory.max_usage_in_bytes\" && echo \"memory $v\";;"
+    "  blkio) echo blkio; for kind in throttle bfq; do"
+    "      f=\"/sys/fs/cgroup/blkio$path/blkio.$kind.io_service_bytes_recursive\";"
+    "      [ -r \"$f\" ] && while read -r dev op n; do echo \"$kind $dev $op $n\"; done < \"$f\";"
+    "    done;;"
+    "  '') f=\"/sys/fs/cgroup/unified$path/io.stat\";"
+    "    [ -r \"$f\" ] && echo iostat && while read -r line; do echo \"io $line\"; done < \"$f\";;"
+    "  esac;"
+    "done < /proc/self/cgroup > \"$1\"";
 
-std::optional<uint64_t> read_peak_file(const std::string& path) {
-    std::string text(32, '\0');
-    detail::OwnedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return std::nullopt;
-    ssize_t n = ::read(fd.get(), text.data(), text.size());
-    if (n <= 0) return std::nullopt;
+// What the script above recorded: the memory peak, and the bytes read and written summed over the devices the
+// unit's counters list. A cgroup lists a device once it did IO on it, and a v1 blkio counter only where it counts
+// (measured on kernel 6.18: blk-throttle counts on a device only once a throttle limit was set on it since boot; bfq
+// only where the device's scheduler is bfq). So the v1 figures are used only when `blkio_counts`: the root blkio
+// cgroup listed a device when the unit was started (see blkio_counts()); then a device the unit does not list is a
+// zero. Where both v1 counters list a device, throttle's figure is taken, so nothing is counted twice.
+struct CgroupUsage {
+    std::optional<uint64_t> memory_peak, io_read_bytes, io_write_bytes;
+};
+
+std::optional<uint64_t> number(std::string_view text) {
     uint64_t value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + n, value);
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
     if (ec != std::errc() || end == text.data()) return std::nullopt;
     return value;
+}
+
+std::vector<std::string_view> words(std::string_view line) {
+    std::vector<std::string_view> out;
+    size_t i = 0;
+    while (i < line.size()) {
+        size_t j = line.find(' ', i);
+        if (j == std::string_view::npos) j = line.size();
+        if (j > i) out.push_back(line.substr(i, j - i));
+        i = j + 1;
+    }
+    return out;
+}
+
+CgroupUsage parse_usage(std::string_view text, bool blkio_counts) {
+    CgroupUsage usage;
+    bool own_blkio = false, own_io = false;
+    struct Bytes {
+        uint64_t read = 0, written = 0;
+    };
+    std::map<std::string, std::map<std::string, Bytes, std::less<>>, std::less<>> by_counter;  // counter -> device -> bytes
+    while (!text.empty()) {
+        size_t nl = text.find('\n');
+        std::string_view line = text.substr(0, nl);
+        text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+        std::vector<std::string_view> w = words(line);
+        if (w.size() == 1 && w[0] == "blkio") {
+            own_blkio = true;
+        } else if (w.size() == 1 && w[0] == "iostat") {
+            own_io = true;
+        } else if (w.size() == 2 && w[0] == "memory") {
+            usage.memory_peak = number(w[1]);
+        } else if (w.size() == 4 && (w[0] == "throttle" || w[0] == "bfq") && w[1].find(':') != std::string_view::npos) {
+            Bytes& b = by_counter[std::string(w[0])][std::string(w[1])];  // listed, even if with zeros
+            if (auto n = number(w[3]); n && w[2] == "Read") b.read = *n;
+            else if (n && w[2] == "Write") b.written = *n;
+        } else if (w.size() >= 2 && w[0] == "io") {
+            Bytes& b = by_counter["io"][std::string(w[1])];
+            for (size_t i = 2; i < w.size(); ++i) {
+                if (w[i].starts_with("rbytes=")) b.read = number(w[i].substr(7)).value_or(0);
+                if (w[i].starts_with("wbytes=")) b.written = number(w[i].substr(7)).value_or(0);
+            }
+        }
+    }
+    std::map<std::string, Bytes, std::less<>> devices;
+    for (const char* counter : {"io", "throttle", "bfq"})
+        for (auto& [device, bytes] : by_counter[counter]) devices.emplace(device, bytes);  // the first counter wins
+    if (!own_io && !(own_blkio && blkio_counts)) return usage;
+    usage.io_read_bytes = 0;
+    usage.io_write_bytes = 0;
+    for (auto& [device, bytes] : devices) {
+        *usage.io_read_bytes += bytes.read;
+        *usage.io_write_bytes += bytes.written;
+    }
+    return usage;
+}
+
+CgroupUsage read_usage_file(const std::string& path, bool blkio_counts) {
+    detail::OwnedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return {};
+    std::string text;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        text.append(buf, size_t(n));
+    }
+    return parse_usage(text, blkio_counts);
+}
+
+// Whether the v1 blkio counters count on some device: the root cgroup lists every device a counter counts on.
+bool blkio_counts() {
+    for (const char* counter : {"throttle", "bfq"}) {
+        std::string path = std::string("/sys/fs/cgroup/blkio/blkio.") + counter + ".io_service_bytes_recursive";
+        detail::OwnedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd) continue;
+        char buf[256];
+        ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n <= 0) continue;
+        // "MAJ:MIN Read N" lines come first; a counter that counts nowhere has only "Total 0".
+        std::string_view text(buf, size_t(n));
+        if (text.substr(0, text.find('\n')).find(':') != std::string_view::npos) return true;
+    }
+    return false;
 }
 
 // One property of a GetAll answer, or `fallback` when it is missing or of another type.
@@ -94,20 +200,24 @@ std::string CommandResult::status_text() const {
     return text;
 }
 
-void CommandProcess::Impl::record_memory_peak(const SystemInfo& info, std::vector<DbusProperty>& props) {
-    // systemd >= 255 has MemoryPeak=; on the unified hierarchy the v1 file does not exist.
-    if (info.systemd_version >= 255 || info.cgroup_layout == CgroupLayout::unified) return;
+void CommandProcess::Impl::record_cgroup_usage(const SystemInfo& info, std::vector<DbusProperty>& props) {
+    // On the unified hierarchy the v1 files do not exist, and systemd itself records IOReadBytes=/IOWriteBytes=
+    // (and, from 255, MemoryPeak=). Elsewhere systemd 252 records neither: IO bytes come only from the v1 blkio
+    // counters (or a cgroup2 io.stat, should the io controller be there), read by the script.
+    if (info.cgroup_layout == CgroupLayout::unified) return;
     // On another host the file would be written there, out of this process's reach.
     if (detail::state_of(bus).remote_host) return;
-    char path[] = "/tmp/sdfutures-cmd-peak-XXXXXX";
+    // Asked before the start: a counter that counts on a device goes on counting there until the next boot.
+    blkio_counted = blkio_counts();
+    char path[] = "/tmp/sdfutures-cmd-usage-XXXXXX";
     int fd = ::mkostemp(path, O_CLOEXEC);
     if (fd < 0) return;  // best effort: the result then has no memory_peak, as without this
     ::close(fd);
-    peak_file = path;
+    usage_file = path;
     // privileged ("+"): outside the unit's sandbox and namespaces, so it can read the cgroup file and write
     // ours whatever the program may; ignore-failure ("-"): its end does not change the unit's Result=.
     using ExecEx = sdbus::Struct<std::string, std::vector<std::string>, std::vector<std::string>>;
-    std::vector<std::string> argv = detail::escape_for_exec({"/bin/sh", "-c", kPeakScript, "sh", peak_file});
+    std::vector<std::string> argv = detail::escape_for_exec({"/bin/sh", "-c", kUsageScript, "sh", usage_file, unit});
     props.emplace_back("ExecStopPostEx", sdbus::Variant(std::vector<ExecEx>{
                                              ExecEx{"/bin/sh", argv, {"privileged", "ignore-failure"}}}));
 }
@@ -162,11 +272,24 @@ void CommandProcess::Impl::finish() {
         constexpr uint64_t not_set = std::numeric_limits<uint64_t>::max();
         if (uint64_t cpu = get("CPUUsageNSec", not_set); cpu != not_set) r.cpu_time = std::chrono::nanoseconds(cpu);
         if (uint64_t peak = get("MemoryPeak", not_set); peak != not_set) r.memory_peak = peak;
-        if (!peak_file.empty() && !r.memory_peak) r.memory_peak = read_peak_file(peak_file);
+        if (uint64_t n = get("IOReadBytes", not_set); n != not_set) r.io_read_bytes = n;
+        if (uint64_t n = get("IOWriteBytes", not_set); n != not_set) r.io_write_bytes = n;
+        if (!usage_file.empty()) {
+            CgroupUsage usage = read_usage_file(usage_file, blkio_counted);
+            if (!r.memory_peak) r.memory_peak = usage.memory_peak;
+            if (!r.io_read_bytes && !r.io_write_bytes) {
+                r.io_read_bytes = usage.io_read_bytes;
+                r.io_write_bytes = usage.io_write_bytes;
+            }
+        }
         uint64_t started = get("ExecMainStartTimestampMonotonic", uint64_t{0});
         uint64_t exited = get("ExecMainExitTimestampMonotonic", uint64_t{0});
         if (started && exited >= started) r.run_time = std::chrono::microseconds(exited - started);
         r.captured_stdout = std::move(out.data);
+        if (has_terminal) {  // what read_terminal() did not take
+            std::lock_guard lock(control);
+            r.captured_stdout = std::exchange(terminal_output, std::string());
+        }
         r.captured_stderr = std::move(err.data);
         r.stdout_truncated = out.truncated;
         r.stderr_truncated = err.truncated;
@@ -176,8 +299,8 @@ void CommandProcess::Impl::finish() {
         r.remains_active = remains_active;
         result = std::move(r);
     }
-    if (!peak_file.empty()) ::unlink(peak_file.c_str());
-    peak_file.clear();
+    if (!usage_file.empty()) ::unlink(usage_file.c_str());
+    usage_file.clear();
     finished = true;
     for (auto& w : stop_waiters) answer(*w);
     stop_waiters.clear();
@@ -203,7 +326,7 @@ void CommandProcess::Impl::release_unit() {
 }
 
 void CommandProcess::Impl::abandon() noexcept {
-    if (!peak_file.empty()) ::unlink(peak_file.c_str());  // a handle that ends before its unit, or never started one
+    if (!usage_file.empty()) ::unlink(usage_file.c_str());  // a handle that ends before its unit, or never started one
     if (!started) return;
     auto& state = detail::state_of(bus);
     std::lock_guard lock(state.mutex);

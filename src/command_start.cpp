@@ -75,7 +75,7 @@ void check_identity_properties(const Bus& bus, const Properties& properties) {
 std::string CommandSteps::streams_as_descriptors(const Command& command) {
     auto by_descriptor = [](const Command::StreamSpec& s) {
         return s.kind == Command::Stream::fd || s.kind == Command::Stream::capture || s.kind == Command::Stream::data ||
-               s.kind == Command::Stream::inherit;
+               s.kind == Command::Stream::inherit || s.kind == Command::Stream::terminal;
     };
     std::string names;
     auto add = [&](const char* name) { names += (names.empty() ? "" : ", ") + std::string(name); };
@@ -220,7 +220,9 @@ CommandProcess Command::start() const {
     auto impl = detail::CommandSteps::new_process(*this, std::move(bus), std::move(program));
     // The program's ends of the pipes live only in `props` (as sd-bus copies) until the call has been made.
     detail::CommandSteps::connect_streams(*this, props, *impl);
-    impl->record_memory_peak(info, props);
+    // Not with a terminal: systemd resets and flushes (TCIOFLUSH) a terminal stdin for every process it spawns,
+    // and the ExecStopPost= would throw away the program's last output before this process has read it.
+    if (!impl->has_terminal) impl->record_cgroup_usage(info, props);
     impl->start_unit(props);
     // systemd holds its own copies now; ours would keep the pipes from reaching end of file.
     props.clear();

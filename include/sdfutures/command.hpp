@@ -23,6 +23,7 @@
 // When wait() returns, the unit is gone (with RemainAfterExit=yes: when the CommandProcess is destroyed).
 // Needs systemd >= 236 (AddRef=).
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -43,6 +44,12 @@ namespace detail {
 struct CommandSteps;  // the steps of Command::start(), in src/
 }
 
+// The size of a pty()'s terminal, in character cells (struct winsize's ws_row and ws_col).
+struct PtyOptions {
+    unsigned short rows = 24;
+    unsigned short cols = 80;
+};
+
 // How a command ended. Filled in from the unit's properties after it became inactive or failed.
 struct CommandResult {
     std::string unit;                // the unit it ran in (already collected)
@@ -60,9 +67,22 @@ struct CommandResult {
     // ExecStopPost= (/bin/sh) that Command adds while the cgroup still exists (it is gone when the end is
     // reported). Of the last run under Restart=; none with RemainAfterExit=yes or when unaccounted.
     std::optional<uint64_t> memory_peak;
+    // Bytes the unit's processes read from and wrote to block devices (what reached the device: reads served
+    // from the page cache are not counted, and buffered writes count when they are written back, by whoever
+    // causes it; O_DIRECT and fsync'd writes count as the program's). IOReadBytes=/IOWriteBytes= where the
+    // manager records them (cgroup v2, IOAccounting=yes, which Command sets unless you set it or
+    // BlockIOAccounting= yourself). systemd 252 on the hybrid or legacy layout records none: there the v1 blkio
+    // cgroup's blkio.throttle.io_service_bytes_recursive (or blkio.bfq.*, on a bfq-scheduled device) is copied
+    // by the same ExecStopPost= as memory_peak and summed over the devices it lists (a little of it is that
+    // /bin/sh's own reading, when /bin/sh is not cached). Empty, not 0, when no counter lists any device: the
+    // kernel's blk-throttle (measured on 6.18) counts on a device only once a throttle limit has been set on it
+    // since boot, in any cgroup's blkio.throttle.*_device, and bfq only on a bfq-scheduled device; IO to a
+    // device that no counter lists is not included. Of the last run, as above.
+    std::optional<uint64_t> io_read_bytes;
+    std::optional<uint64_t> io_write_bytes;
     // From the main process's start to its exit (ExecMainStartTimestamp= to ExecMainExitTimestamp=).
     std::optional<std::chrono::microseconds> run_time;
-    std::string captured_stdout;     // empty unless capture_stdout()
+    std::string captured_stdout;     // empty unless capture_stdout(); with pty(), what read_terminal() had not taken
     std::string captured_stderr;     // empty unless capture_stderr()
     bool stdout_truncated = false;   // the capture limit was reached: later output was not read
     bool stderr_truncated = false;
@@ -187,6 +207,22 @@ public:
     Command& inherit_stderr();              // this process's descriptor 2
     Command& stderr_to_stdout();            // 2>&1: wherever stdout goes (captured together, when captured)
 
+    // ---- a terminal instead, as `systemd-run --pty` (pystemd.run(pty=True)) gives one
+    // stdin, stdout and stderr are one pseudo-terminal's replica, of `size`; this process keeps the master and
+    // serves it in the same poll loop as the pipes: CommandProcess::write_terminal(), read_terminal() and
+    // resize_terminal(). The replica reaches systemd as StandardInput/Output/ErrorFileDescriptor=, and systemd
+    // makes it the program's controlling terminal (measured on 252: /proc/self/stat's tty_nr is the replica's,
+    // the program is its session leader and foreground group, a resize raises SIGWINCH), so no TTYPath= is
+    // needed, and the terminal is the same whatever /dev/pts the manager sees. The terminal does what terminals
+    // do: it echoes input, turns "\n" into "\r\n" on output, hands input over line by line (canonical mode), and
+    // takes "\x04" at a line's start as end of file, "\x03" as SIGINT. TERM is not set: environment("TERM", ...).
+    // systemd (per its source) resets and flushes (TCIOFLUSH) a terminal stdin for every process it spawns: input
+    // written before the program was executed is discarded (start() returns after that under Type=exec, the
+    // default; not under Type=simple), and for the same reason Command adds no ExecStopPost= (it would discard
+    // the program's last output), so on the hybrid layout memory_peak and the IO bytes stay empty with pty().
+    // Combined with any stdin, stdout or stderr setter (either order), throws UnsupportedProperty naming both.
+    Command& pty(PtyOptions size = {});
+
     const std::vector<std::string>& argv() const noexcept { return argv_; }
 
     // Starts the unit and returns when the service is ready: when its start job has ended (Type=exec: the
@@ -202,7 +238,7 @@ public:
     CommandResult run(std::optional<std::chrono::milliseconds> timeout = std::nullopt) const;
 
 private:
-    enum class Stream { inherit, null, fd, capture, data, journal, to_stdout };
+    enum class Stream { inherit, null, fd, capture, data, journal, to_stdout, terminal };
     struct StreamSpec {
         StreamSpec(Stream k, int f = -1, std::optional<std::size_t> max = std::nullopt) : kind(k), fd(f), max_bytes(max) {}
         Stream kind;
@@ -211,6 +247,9 @@ private:
     };
     friend class CommandProcess;
     friend struct detail::CommandSteps;
+    enum Which { in, out, err };
+    // Sets stream `which` on behalf of `setter` ("capture_stdout()"), refusing the mix with pty().
+    Command& set_stream(Which which, StreamSpec spec, const char* setter);
 
     std::vector<std::string> argv_;
     Properties properties_;
@@ -220,6 +259,8 @@ private:
     StreamSpec stdin_{Stream::null};
     StreamSpec stdout_{Stream::inherit};
     StreamSpec stderr_{Stream::inherit};
+    std::array<const char*, 3> setter_{};  // which setter set each stream (nullptr: the default)
+    PtyOptions pty_size_;
     std::shared_ptr<const std::string> stdin_data_;  // shared, not copied, between copies of a Command
 };
 
@@ -251,6 +292,19 @@ public:
     // KillUnit: `signal` to every process of the unit, at once; wait() reports the outcome. Nothing happens
     // when the command has already ended.
     void kill(int signal);
+
+    // ---- Command::pty(): the terminal's master. Each throws StateError when the command has no pty().
+    // `data` as if typed on the terminal: written at once as far as the terminal takes it, the rest whenever a
+    // thread serves the command (wait(), wait_for(), read_terminal(), ...). Ignored once the command has ended.
+    void write_terminal(std::string data);
+    // What the program wrote to the terminal since the last call: as soon as there is some; empty when
+    // `timeout` passes first, or once the command has ended (what was not taken then is in the result's
+    // captured_stdout). Serves the command meanwhile, as wait_for() does; another thread may serve at the same
+    // time. Output waits here until taken (or until the result takes it): memory grows with what is not read.
+    std::string read_terminal(std::chrono::milliseconds timeout);
+    // A new window size: TIOCSWINSZ on the master, which sends SIGWINCH to the terminal's foreground process
+    // group. Ignored once the command has ended.
+    void resize_terminal(PtyOptions size);
 
 private:
     friend class Command;

@@ -1,0 +1,1 @@
+sdfutures_add_test(command_pty_test command_pty_test.cpp)
