@@ -24,6 +24,8 @@
 #include <thread>
 #include <tuple>
 
+#include <boost/process.hpp>
+
 #include <sdfutures/detail/wire.hpp>
 #include <sdfutures/pool.hpp>
 #include <sdfutures/process.hpp>
@@ -562,43 +564,24 @@ std::string python_interpreter() {
     return "";
 }
 
+// The script's "key value" lines. Spawned and read with Boost.Process: a child with its stdout on a pipe, read to
+// the end, then its exit code.
 std::map<std::string, std::string> run_python(const std::string& python, const std::vector<std::string>& args) {
-    int out[2];
-    if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe for python");
-    std::vector<std::string> argv_text{python, SDFUTURES_BENCH_PYTHON_SCRIPT};
-    argv_text.insert(argv_text.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_text) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error("fork for python");
-    if (pid == 0) {
-        ::dup2(out[1], 1);
-        ::execv(argv[0], argv.data());
-        ::_exit(127);
-    }
-    ::close(out[1]);
-    std::string text;
-    char buf[4096];
-    ssize_t n;
-    while ((n = ::read(out[0], buf, sizeof buf)) != 0) {
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) break;
-        text.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        throw std::runtime_error(python + " " SDFUTURES_BENCH_PYTHON_SCRIPT " failed:\n" + text);
+    std::vector<std::string> arguments{SDFUTURES_BENCH_PYTHON_SCRIPT};
+    arguments.insert(arguments.end(), args.begin(), args.end());
+    boost::process::ipstream out;
+    boost::process::child child(boost::process::exe = python, boost::process::args = arguments,
+                                boost::process::std_out > out);
+    std::string text, line;
     std::map<std::string, std::string> values;
-    std::istringstream lines(text);
-    std::string line;
-    while (std::getline(lines, line)) {
+    while (std::getline(out, line)) {
+        text += line + "\n";
         auto space = line.find(' ');
         if (space != std::string::npos) values[line.substr(0, space)] = line.substr(space + 1);
     }
+    child.wait();
+    if (child.exit_code() != 0)
+        throw std::runtime_error(python + " " SDFUTURES_BENCH_PYTHON_SCRIPT " failed:\n" + text);
     return values;
 }
 
