@@ -76,11 +76,17 @@ TEST_F(CommandPtyTest, InputWrittenToTheMasterReachesTheProgramAndItsOutputComes
 
 TEST_F(CommandPtyTest, EndOfFileIsControlDAtTheStartOfALine) {
     CommandProcess p = Command({"/bin/cat"}).pty().start();
-    p.write_terminal("one\ntwo\n\x04");
-    CommandResult r = p.wait();  // serves the input that is left; cat ends at the end of file
+    // A line at a time: the terminal echoes a line before cat can read it, but given two lines in one write, cat
+    // may copy the first while the second is still being echoed (seen: "one\r\ntwone\r\no\r\n...").
+    p.write_terminal("one\n");
+    std::string seen = read_until(p, "one\r\none\r\n");
+    p.write_terminal("two\n");
+    seen = read_until(p, "two\r\ntwo\r\n", seen);
+    p.write_terminal("\x04");
+    CommandResult r = p.wait();  // cat ends at the end of file
     EXPECT_TRUE(r.success()) << r.status_text();
-    // Each line echoed, then cat's copy of it.
-    EXPECT_EQ(r.captured_stdout, "one\r\ntwo\r\none\r\ntwo\r\n");
+    // Each line echoed, then cat's copy of it; nothing after the end of file.
+    EXPECT_EQ(seen + r.captured_stdout, "one\r\none\r\ntwo\r\ntwo\r\n");
 }
 
 TEST_F(CommandPtyTest, AResizeWhileItRunsReachesTheProgram) {
