@@ -21,11 +21,6 @@
 namespace sdfutures {
 namespace detail {
 
-Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout) {
-    if (!timeout) return std::nullopt;
-    return std::chrono::steady_clock::now() + *timeout;
-}
-
 void throw_systemd_error(const std::string& call, const sdbus::Error& e) {
     throw SystemdError(call, e.getName(), e.getMessage());
 }

@@ -17,6 +17,7 @@
 #include <sdbus-c++/sdbus-c++.h>
 
 #include "sdfutures/bus.hpp"
+#include "sdfutures/completion.hpp"
 
 namespace sdfutures::detail {
 
@@ -34,8 +35,7 @@ struct BusAccess {
 };
 inline BusState& state_of(const Bus& bus) noexcept { return BusAccess::state(bus); }
 
-using Deadline = std::optional<std::chrono::steady_clock::time_point>;
-Deadline deadline_after(std::optional<std::chrono::milliseconds> timeout);
+using Deadline = std::optional<std::chrono::steady_clock::time_point>;  // deadline_after(): completion.hpp
 
 struct BusState {
     std::string description;

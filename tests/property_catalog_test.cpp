@@ -393,6 +393,14 @@ TEST_F(PropertyCatalogTest, WhatARowSaysReachesAForkedChildIsSeenThere) {
         if (row.requirement && unmet_requirement(*row.requirement, info())) continue;  // refused, checked above
         auto it = observed.find(row.name);
         ASSERT_NE(it, observed.end()) << "no observation for a row that says it reaches a forked child";
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+        // A sanitizer's runtime reserves terabytes of address space: under any finite LimitAS= the child cannot
+        // start (it exits 1 before it enters the unit). The plain build observes it.
+        if (row.name == "LimitAS") {
+            std::cout << "  LimitAS: not observed in a sanitizer build\n";
+            continue;
+        }
+#endif
         Properties one{{std::string(row.name), std::string(row.example)}};
         try {
             std::string in_child = run(one, it->second.in_child);
