@@ -2,13 +2,11 @@
 
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstring>
 #include <vector>
 
 #include "anchored_unit.hpp"
 #include "sdfutures/detail/wire.hpp"
-#include "sdfutures/error.hpp"
 #include "sdfutures/manager.hpp"
 
 namespace sdfutures::detail {
@@ -24,13 +22,12 @@ std::optional<pid_t> parse_release_message(std::string_view body) {
 }
 
 pid_t attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
-                         const std::function<bool(pid_t child, const std::string& release)>& send) {
+                         const std::function<void(std::size_t child, const std::string& release)>& send) {
     const auto main_pid = static_cast<pid_t>(verified_main_pid(unit));
     std::vector<uint32_t> to_attach(children.begin(), children.end());
     manager.attach_processes_to_unit(unit.name(), "/", to_attach);
     const std::string release = release_message(main_pid);
-    for (pid_t child : children)
-        if (!send(child, release)) throw SystemError("write", errno, "to release child " + std::to_string(child));
+    for (std::size_t i = 0; i < children.size(); ++i) send(i, release);
     return main_pid;
 }
 

@@ -22,6 +22,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <functional>
 #include <optional>
 #include <span>
@@ -42,10 +43,11 @@ std::string release_message(pid_t main_pid);
 std::optional<pid_t> parse_release_message(std::string_view body);
 
 // Owner, steps 3 and 4: checks that the unit's main process is its exec'd program (never a just-forked one still
-// holding root's identity), attaches the children in one call, and releases each through `send` (which returns
-// false, errno set, when it could not). Returns the main pid. Throws SystemdError, or SystemError naming the child.
+// holding root's identity), attaches the children in one call, and releases each through `send(i, release)`, i
+// indexing `children`; send throws (a SystemError naming its call) when it cannot. Returns the main pid. Throws
+// SystemdError for the attach.
 pid_t attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
-                         const std::function<bool(pid_t child, const std::string& release)>& send);
+                         const std::function<void(std::size_t child, const std::string& release)>& send);
 
 // Child, steps 2 and 4: waits for the release (`receive_release` returns its body, or nullopt once the channel
 // ended), then enters the unit. Returns the descriptor the channel is on afterwards (kEnteredPipeFd); the report

@@ -117,11 +117,11 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
     spawn_initial_workers();
     std::vector<pid_t> children;
     for (auto& w : workers) children.push_back(w->pid);
-    auto release = [&](pid_t child, const std::string& message) {
-        auto w = std::find_if(workers.begin(), workers.end(), [&](auto& worker) { return worker->pid == child; });
-        if (!send_message((*w)->socket.get(), 0, message)) return false;
-        (*w)->phase = Worker::Phase::entering;
-        return true;
+    auto release = [&](std::size_t i, const std::string& message) {
+        Worker& w = *workers[i];
+        if (!send_message(w.socket.get(), 0, message))
+            throw SystemError("sendmsg", errno, "to release worker " + std::to_string(w.pid));
+        w.phase = Worker::Phase::entering;
     };
     main_pid = static_cast<uint32_t>(attach_and_release(manager, *unit, children, release));
 }

@@ -322,9 +322,10 @@ void ProcessCore::Impl::release_child(Manager& manager, StartDescriptors& descri
     if (!child_pidfd[0]) throw Error("pidfd_open of the child " + std::to_string(pid_) + " failed in the reaper");
     pidfd_ = child_pidfd[0].release();
     const pid_t children[] = {pid_};
-    attach_and_release(manager, *unit_, children, [&](pid_t, const std::string& release) {
-        return write_without_sigpipe(descriptors.release_write.get(), release.data(), release.size()) ==
-               static_cast<ssize_t>(release.size());
+    attach_and_release(manager, *unit_, children, [&](std::size_t, const std::string& release) {
+        if (write_without_sigpipe(descriptors.release_write.get(), release.data(), release.size()) !=
+            static_cast<ssize_t>(release.size()))
+            throw SystemError("write", errno, "to release the child");
     });
     descriptors.release_write.reset();
 }

@@ -16,6 +16,11 @@ namespace {
 
 using detail::Forked;
 
+// How the row's property reaches a forked child; nullopt when it does not, the library's own included.
+std::optional<PropertyReach> forked_reach(const detail::PropertyRow& row) {
+    return row.owned_by_library ? std::nullopt : detail::reach_of(row.forked);
+}
+
 std::string why_not_forked(const detail::PropertyRow& row) {
     if (row.owned_by_library) return "sdfutures sets it itself to tie the unit to its owner";
     switch (row.forked) {
@@ -39,8 +44,7 @@ std::string why_not_forked(const detail::PropertyRow& row) {
 
 std::optional<PropertyReach> property_reach(std::string_view name) {
     const detail::PropertyRow* row = detail::find_property(name);
-    if (!row || row->owned_by_library) return std::nullopt;
-    return detail::reach_of(row->forked);
+    return row ? forked_reach(*row) : std::nullopt;
 }
 
 void check_properties_reach_forked_children(const Properties& properties) {
@@ -50,7 +54,7 @@ void check_properties_reach_forked_children(const Properties& properties) {
                                               "use sdfutures::Command or Manager for it");
         const detail::PropertyRow* row = detail::find_property(e.name);
         if (!row) throw UnsupportedProperty(e.name, "sdfutures does not know how it would reach a forked process");
-        if (!property_reach(e.name)) throw UnsupportedProperty(e.name, why_not_forked(*row));
+        if (!forked_reach(*row)) throw UnsupportedProperty(e.name, why_not_forked(*row));
         if (e.name == "Delegate" && !parse::boolean(e.name, e.text))
             throw UnsupportedProperty(e.name, "sdfutures needs Delegate=yes to attach processes to the unit");
     }

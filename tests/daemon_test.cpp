@@ -21,6 +21,7 @@
 #include "sdfutures/daemon.hpp"
 #include "support/manager_environment.hpp"
 #include "support/notify_fifos.hpp"
+#include "support/unit_cleanup.hpp"
 
 using namespace std::chrono_literals;
 
@@ -41,33 +42,6 @@ Properties notify_service(const std::string& args, const std::optional<std::stri
     if (watchdog_sec) p.set("WatchdogSec", *watchdog_sec);
     return p;
 }
-
-// Stops units in the order given, forgets that they failed, and waits until the manager has unloaded them: at the
-// end of every test, whichever way it ends.
-class UnitCleanup {
-public:
-    UnitCleanup(Manager& manager, std::vector<std::string> units) : manager_(manager), units_(std::move(units)) {}
-    UnitCleanup(Manager& manager, std::string unit) : UnitCleanup(manager, std::vector<std::string>{std::move(unit)}) {}
-    ~UnitCleanup() {
-        for (const auto& unit : units_) {
-            try {
-                manager_.stop_unit(unit);
-            } catch (const Error&) {
-            }
-            try {
-                manager_.reset_failed_unit(unit);  // a failed transient unit stays loaded until its failure is reset
-            } catch (const Error&) {
-            }
-        }
-        for (const auto& unit : units_) EXPECT_TRUE(manager_.wait_unit_gone(unit, 30s)) << unit << " is still loaded";
-    }
-    UnitCleanup(const UnitCleanup&) = delete;
-    UnitCleanup& operator=(const UnitCleanup&) = delete;
-
-private:
-    Manager& manager_;
-    std::vector<std::string> units_;
-};
 
 std::string status_text(const Unit& unit) { return unit.property_as<std::string>(kServiceInterface, "StatusText"); }
 
