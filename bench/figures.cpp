@@ -173,6 +173,7 @@ PoolOptions pool_options(Context& c, std::size_t workers) {
     PoolOptions o;
     o.max_workers = workers;
     o.bus = c.bus;
+    if (c.config.dispatcher_spin) o.dispatcher_spin = *c.config.dispatcher_spin;
     return o;
 }
 
@@ -238,6 +239,10 @@ void figure_pool_ready(Context& c) {
 
 // ---- 2. trivial task throughput and latency -------------------------------------------------------------------
 
+namespace {
+void figure_latency(Context& c, TransientUnitPoolExecutor& pool, RawWorkers& raw);
+}  // namespace
+
 void figure_task_throughput(Context& c) {
     const std::size_t k = c.config.tasks;
     std::vector<int> inputs(k);
@@ -285,27 +290,55 @@ void figure_task_throughput(Context& c) {
         c.report.medians["submit_" + std::to_string(workers)] = s;
         c.report.medians["map_" + std::to_string(workers)] = m;
 
-        if (workers == 1) {
-            const std::size_t calls = c.config.latency_calls;
-            auto latency = [&] {
-                std::vector<double> each;
-                each.reserve(calls);
-                for (std::size_t i = 0; i < calls; ++i) {
-                    auto t0 = Clock::now();
-                    int r = pool.submit(&trivial, static_cast<int>(i)).get();
-                    each.push_back(seconds_between(t0, Clock::now()));
-                    check(r == static_cast<int>(i) + 1, "latency");
-                }
-                return median(std::move(each));
-            };
-            auto [l, f] = interleave(c.config.reps, latency, [&] { return raw.round_trip_median(calls); });
-            c.report.add(row("2 submit→get latency, 1 worker", format_time(median(l)), format_time(median(f)),
-                             format_ratio(median(l) / median(f)), "", Verdict::info));
-            c.report.samples("latency sdfutures", l, "s");
-            c.report.samples("latency raw", f, "s");
-        }
+        if (workers == 1) figure_latency(c, pool, raw);
     }
 }
+
+// One task at a time, `submit(f).get()`, on an idle 1-worker pool: p50 and p99 of each call, against one raw
+// request→reply round trip; and the same pool shape with the dispatcher's spin turned off (PoolOptions::
+// dispatcher_spin = 0), to show what the spin buys.
+namespace {
+void figure_latency(Context& c, TransientUnitPoolExecutor& pool, RawWorkers& raw) {
+    PoolOptions sleeping_options = pool_options(c, 1);
+    sleeping_options.dispatcher_spin = std::chrono::microseconds(0);
+    TransientUnitPoolExecutor sleeping_pool({}, sleeping_options);
+    const std::size_t calls = c.config.latency_calls;
+    std::vector<double> p99_spin, p99_sleep, p99_raw;
+    auto calls_of = [&](TransientUnitPoolExecutor& p, std::vector<double>& p99) {
+        return [&, calls] {
+            std::vector<double> each;
+            each.reserve(calls);
+            for (std::size_t i = 0; i < calls; ++i) {
+                auto t0 = Clock::now();
+                int r = p.submit(&trivial, static_cast<int>(i)).get();
+                each.push_back(seconds_between(t0, Clock::now()));
+                check(r == static_cast<int>(i) + 1, "latency");
+            }
+            p99.push_back(quantile(each, 0.99));
+            return median(std::move(each));
+        };
+    };
+    auto raw_calls = [&] {
+        std::vector<double> each = raw.round_trips(calls);
+        p99_raw.push_back(quantile(each, 0.99));
+        return median(std::move(each));
+    };
+    auto samples = interleave(c.config.reps, {calls_of(pool, p99_spin), calls_of(sleeping_pool, p99_sleep), raw_calls});
+    // interleave's warm-up round pushed one p99 each too: the medians below take it along, a single extra value.
+    const double p50 = median(samples[0]), p50_sleep = median(samples[1]), p50_raw = median(samples[2]);
+    const double p99 = median(p99_spin), p99s = median(p99_sleep), p99r = median(p99_raw);
+    c.report.add(row("2 submit→get latency p50, 1 worker", format_time(p50), format_time(p50_raw),
+                     format_ratio(p50 / p50_raw), "<= 3.00x", at_most(p50 / p50_raw, 3.0)));
+    c.report.add(row("2 submit→get latency p99, 1 worker", format_time(p99), format_time(p99r),
+                     format_ratio(p99 / p99r), "", Verdict::info));
+    c.report.add(row("2   (dispatcher_spin = 0) p50 / p99", format_time(p50_sleep) + " / " + format_time(p99s),
+                     format_time(p50_raw) + " / " + format_time(p99r), format_ratio(p50_sleep / p50_raw), "",
+                     Verdict::info));
+    c.report.samples("latency p50 sdfutures", samples[0], "s");
+    c.report.samples("latency p50 sdfutures, dispatcher_spin 0", samples[1], "s");
+    c.report.samples("latency p50 raw", samples[2], "s");
+}
+}  // namespace
 
 // ---- 3. result bandwidth --------------------------------------------------------------------------------------
 

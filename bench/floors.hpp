@@ -66,7 +66,7 @@ public:
     // returns the elapsed seconds.
     double run(std::size_t tasks, std::size_t window);
     // Median of `calls` single request→reply round trips with worker 0, in seconds.
-    double round_trip_median(std::size_t calls);
+    std::vector<double> round_trips(std::size_t calls);  // each round trip's time, s
     const std::vector<pid_t>& pids() const { return pids_; }
 
 private:

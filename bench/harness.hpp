@@ -35,6 +35,7 @@ struct Config {
     std::size_t chunked_tasks = 1'000'000;  // trivial tasks of a chunked map (chunksize n/8), both sides
     std::size_t big_owner_bytes = 1u << 30;  // the large owner of figure 6 (0: skipped)
     std::size_t pool_sizes_max = 8;
+    std::optional<std::chrono::microseconds> dispatcher_spin;  // --spin-us: the pools' spin, for A/B runs
 
     bool wants(int figure) const { return only.empty() || only.count(figure) != 0; }
 };

@@ -18,7 +18,7 @@
 namespace {
 
 void usage(std::ostream& out) {
-    out << "usage: sdfutures_bench [--short] [--reps N] [--only LIST] [--samples]\n"
+    out << "usage: sdfutures_bench [--short] [--reps N] [--only LIST] [--samples] [--spin-us N]\n"
            "  --short      CI mode: 2 repetitions, small sizes, 1 s quota runs; checks only that it completes\n"
            "               (also SDFUTURES_BENCH_SHORT=1)\n"
            "  --reps N     repetitions per figure (default 7; the table shows medians)\n"
@@ -26,6 +26,7 @@ void usage(std::ostream& out) {
            "               4 run(), 5 CPU quota, 6 worker memory, 7 Python, 8 start methods,\n"
            "               9 scaling)\n"
            "  --samples    print every sample after the table\n"
+           "  --spin-us N  PoolOptions::dispatcher_spin of the measured pools, in µs (default: the library's)\n"
            "Needs SDFUTURES_BUS: run it under scripts/with-systemd.\n";
 }
 
@@ -52,6 +53,8 @@ bench::Config parse(int argc, char** argv) {
             std::string list = value();
             for (char ch : list)
                 if (ch >= '1' && ch <= '9') c.only.insert(ch - '0');
+        } else if (a == "--spin-us") {
+            c.dispatcher_spin = std::chrono::microseconds(std::max(0, std::atoi(value().c_str())));
         } else if (a == "--samples") {
             c.show_samples = true;
         } else if (a == "--help" || a == "-h") {

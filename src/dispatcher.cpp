@@ -191,6 +191,21 @@ std::optional<Clock::time_point> PoolCore::Impl::next_deadline() const {
 // nothing ready.
 void PoolCore::Impl::wait_for_events(PollSet& poll_set) {
     build_poll_set(poll_set);
+    const auto began = Clock::now();
+    if (!(spin.worth_it() && spin_for_events(poll_set, began))) sleep_for_events(poll_set);
+    spin.observe(Clock::now() - began);
+}
+
+// Polls without sleeping for up to the spin budget (adaptive_spin.hpp): true when something became ready.
+bool PoolCore::Impl::spin_for_events(PollSet& poll_set, Clock::time_point began) {
+    const auto until = began + spin.budget();
+    do {
+        if (sys::poll(poll_set.fds.data(), poll_set.fds.size(), 0) > 0) return true;
+    } while (Clock::now() < until);
+    return false;
+}
+
+void PoolCore::Impl::sleep_for_events(PollSet& poll_set) {
     int timeout_ms = -1;
     if (auto next = next_deadline())
         timeout_ms = static_cast<int>(std::max<long long>(0, std::chrono::ceil<milliseconds>(*next - Clock::now()).count()));

@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "adaptive_spin.hpp"
 #include "channel.hpp"
 #include "fd_util.hpp"
 #include "fork_server.hpp"
@@ -144,6 +145,7 @@ struct PoolCore::Impl {
     bool server_alive = true;
     uint64_t oom_kills_seen = 0;
     std::optional<Clock::time_point> sigkill_at;  // terminate_workers: when SIGKILL follows SIGTERM
+    AdaptiveSpin spin{options.dispatcher_spin};    // whether it polls a while before it sleeps
     // Made by the constructor, then the dispatcher's; its own thread calls wake_up() after each answer.
     std::unique_ptr<PoolBus> pool_bus;
 
@@ -187,6 +189,8 @@ struct PoolCore::Impl {
     bool retired();
     void build_poll_set(PollSet& poll_set) const;
     void wait_for_events(PollSet& poll_set);
+    bool spin_for_events(PollSet& poll_set, Clock::time_point began);
+    void sleep_for_events(PollSet& poll_set);
     void handle_events(const PollSet& poll_set);
     std::optional<Clock::time_point> next_deadline() const;
     void enforce_deadlines();

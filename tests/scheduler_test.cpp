@@ -4,17 +4,20 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstddef>
 #include <deque>
 #include <memory>
 #include <vector>
 
+#include "adaptive_spin.hpp"
 #include "scheduler.hpp"
 #include "task_state.hpp"
 
 namespace sdfutures::testing {
 namespace {
 
+using detail::AdaptiveSpin;
 using detail::DispatchLimits;
 using detail::TaskPtr;
 using detail::TaskQueue;
@@ -260,6 +263,34 @@ TEST(Replacements, NoneForABrokenPoolOrWithoutAForkServer) {
 TEST(Replacements, ARetiringPoolReplacesOnlyWhileWorkIsLeft) {
     EXPECT_EQ(detail::replacements_to_spawn({.target = 2, .retiring = true}), 0u);
     EXPECT_EQ(detail::replacements_to_spawn({.target = 2, .retiring = true, .work_left = true}), 2u);
+}
+
+// The dispatcher's spin before sleeping (src/adaptive_spin.hpp): it pays only while events come within the budget.
+TEST(AdaptiveSpin, ANewPoolSpinsAndANoSpinBudgetNeverDoes) {
+    EXPECT_TRUE(AdaptiveSpin(std::chrono::microseconds(50)).worth_it());
+    AdaptiveSpin off(std::chrono::nanoseconds(0));
+    off.observe(std::chrono::nanoseconds(1));
+    EXPECT_FALSE(off.worth_it());
+}
+
+TEST(AdaptiveSpin, TasksLongerThanTheBudgetStopTheSpinAndFastOnesBringItBack) {
+    using std::chrono::microseconds;
+    AdaptiveSpin spin(microseconds(50));
+    for (int i = 0; i < 20; ++i) spin.observe(microseconds(10));
+    EXPECT_TRUE(spin.worth_it());
+    // Tasks of 2 ms: a spin would burn its whole budget every time, so it stops after a single long wait.
+    spin.observe(microseconds(2'000));
+    EXPECT_FALSE(spin.worth_it());
+    for (int i = 0; i < 20; ++i) spin.observe(microseconds(2'000));
+    EXPECT_FALSE(spin.worth_it());
+    // An idle spell counts as one capped wait: a burst of fast round trips spins again within a few of them.
+    int fast_waits = 0;
+    while (!spin.worth_it() && fast_waits < 100) {
+        spin.observe(microseconds(5));
+        ++fast_waits;
+    }
+    EXPECT_TRUE(spin.worth_it());
+    EXPECT_LE(fast_waits, 12);
 }
 
 }  // namespace

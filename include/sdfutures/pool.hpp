@@ -83,6 +83,10 @@ struct PoolOptions {
     std::string unit_name;                // default: "sdfutures-pool-<pid>-<n>-<random>.service"
     std::size_t max_result_bytes = 256u << 20;
     bool keep_stdio = false;              // keep the owner's stdout/stderr in workers (else /dev/null)
+    // How long the pool's dispatcher thread polls its workers and submitters without sleeping, when their answers
+    // and tasks have lately come that fast: a round trip then costs no thread wake-up (docs/benchmarks.md,
+    // figure 2). Adaptive: with tasks that take longer than this it does not spin. Zero (or less): it always sleeps.
+    std::chrono::microseconds dispatcher_spin{50};
 };
 
 // How map() sends its inputs and waits for its results.
