@@ -14,7 +14,7 @@ using sdfutures::detail::TaskState;
 void BM_CompleteNothingWaiting(benchmark::State& state) {
     for (auto _ : state) {
         auto task = std::make_shared<TaskState>();
-        task->complete();
+        task->complete(true);
         benchmark::DoNotOptimize(task->done());
     }
 }
@@ -25,7 +25,7 @@ void BM_CompleteOneCallback(benchmark::State& state) {
     for (auto _ : state) {
         auto task = std::make_shared<TaskState>();
         task->add_callback([&calls] { ++calls; });
-        task->complete();
+        task->complete(true);
     }
     benchmark::DoNotOptimize(calls);
 }
@@ -36,7 +36,7 @@ void BM_CompleteOneWatchAndPop(benchmark::State& state) {
     for (auto _ : state) {
         auto task = std::make_shared<TaskState>();
         task->watch(queue, 0);
-        task->complete();
+        task->complete(true);
         benchmark::DoNotOptimize(sdfutures::detail::next_completed(*queue, std::nullopt));
     }
 }

@@ -78,7 +78,8 @@ void run_callback(const std::function<void()>& callback) noexcept {
 
 }  // namespace
 
-void TaskState::complete() noexcept {
+void TaskState::complete(bool with_value) noexcept {
+    with_value_.store(with_value, std::memory_order_release);
     std::vector<std::function<void()>> callbacks;
     std::vector<Watch> watches;
     std::uint64_t order = 0;
@@ -136,6 +137,47 @@ bool task_running(const TaskState& task) noexcept { return task.status() == Task
 void add_done_callback(TaskState& task, std::function<void()> callback) { task.add_callback(std::move(callback)); }
 
 std::shared_ptr<CompletionQueue> make_completion_queue() { return std::make_shared<CompletionQueue>(); }
+
+namespace {
+
+// What wait_settled() sleeps on: woken once, by the last task settled or the first settled without a value.
+struct SettledCountdown {
+    explicit SettledCountdown(std::size_t tasks) : remaining(tasks) {}
+    std::atomic<std::size_t> remaining;
+    std::mutex mutex;
+    std::condition_variable reached;
+    bool done = false;  // guarded by mutex
+
+    void signal() noexcept {
+        {
+            std::lock_guard lock(mutex);
+            done = true;
+        }
+        reached.notify_one();
+    }
+};
+
+}  // namespace
+
+bool wait_settled(std::span<const std::shared_ptr<TaskState>> tasks,
+                  std::optional<std::chrono::steady_clock::time_point> deadline) {
+    if (tasks.empty()) return true;
+    auto countdown = std::make_shared<SettledCountdown>(tasks.size());
+    for (const auto& task : tasks) {
+        TaskState* settled = task.get();
+        settled->add_callback([countdown, settled] {
+            const bool last = countdown->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1;
+            if (last || !settled->settled_with_value()) countdown->signal();
+        });
+    }
+    std::unique_lock lock(countdown->mutex);
+    const auto reached = [&] { return countdown->done; };
+    if (!deadline) {
+        countdown->reached.wait(lock, reached);
+        return true;
+    }
+    return countdown->reached.wait_until(lock, *deadline, reached);
+}
 
 std::optional<std::size_t> next_completed(CompletionQueue& queue,
                                           std::optional<std::chrono::steady_clock::time_point> deadline) {

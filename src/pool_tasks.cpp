@@ -38,7 +38,7 @@ void PoolCore::Impl::settle(TaskState& task, int status_before, Outcome outcome)
     // released by this thread before the waiting side can be long done with it (see scripts/sanitize-tsan).
     task.submission.complete = nullptr;
     task.submission.fail = nullptr;
-    task.complete();
+    task.complete(outcome == Outcome::completed);
     task_finished(status_before, outcome);
 }
 

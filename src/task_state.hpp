@@ -72,10 +72,12 @@ struct TaskState {
         return status_.compare_exchange_strong(expected, resolved);
     }
 
-    // Completion. Called once, by the thread that resolved the task, right after it fulfilled the future: marks
-    // the task done and runs its callbacks and watches. Never throws.
-    void complete() noexcept;
+    // Completion. Called once, by the thread that resolved the task, right after it fulfilled the future (with a
+    // value, or not): marks the task done and runs its callbacks and watches. Never throws.
+    void complete(bool with_value) noexcept;
     bool done() const noexcept { return done_.load(std::memory_order_acquire); }
+    // Once done: whether its future holds a value (false: an exception, its own or the pool's).
+    bool settled_with_value() const noexcept { return with_value_.load(std::memory_order_acquire); }
     void add_callback(std::function<void()> callback);
     void watch(const std::shared_ptr<CompletionQueue>& queue, std::size_t index);
     void unwatch(const CompletionQueue& queue) noexcept;
@@ -88,6 +90,7 @@ private:
     };
     std::mutex completion_mutex_;  // guards what follows, and orders `done_` with adding a callback or watch
     std::atomic<bool> done_{false};
+    std::atomic<bool> with_value_{false};
     std::uint64_t completion_order_ = 0;  // set with done_: the how-manieth task this process settled
     std::vector<std::function<void()>> callbacks_;
     std::vector<Watch> watches_;

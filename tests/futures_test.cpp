@@ -390,6 +390,30 @@ TEST_F(FuturesTest, MapInChunksKeepsEachElementsOwnException) {
     EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2, 3}, {.chunksize = 2}), (std::vector<int>{3, 5, 7}));
 }
 
+// map() sleeps once for all its tasks (wait_settled), but a failure wakes it: the exception comes as soon as it is
+// known, while the other elements still hang, and they are cancelled (their workers killed), not waited for.
+TEST_F(FuturesTest, MapRethrowsAFailureAtOnceWhileTheOtherElementsStillRun) {
+    TransientUnitPoolExecutor pool({}, {.max_workers = 2});
+    const auto started = std::chrono::steady_clock::now();
+    try {
+        pool.map(+[](int x) {
+            if (x == 0) throw std::runtime_error("element 0");
+            hang();
+            return x;
+        },
+                 std::vector<int>{0, 1, 2, 3}, {.timeout = 20s});
+        FAIL() << "no exception";
+    } catch (const std::runtime_error& e) {
+        EXPECT_STREQ(e.what(), "element 0");  // not WaitTimeout: the failure ended the wait
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 15s);
+    EXPECT_TRUE(eventually([&] {
+        const PoolStats s = pool.stats();
+        return s.failed == 1 && s.cancelled == 3 && s.queued + s.running == 0;
+    }));
+    EXPECT_EQ(pool.map(&odd_of, std::vector<int>{1, 2, 3}), (std::vector<int>{3, 5, 7}));
+}
+
 TEST_F(FuturesTest, MapTimeoutThrowsWaitTimeoutAndCancelsWhatIsLeft) {
     TransientUnitPoolExecutor pool({}, {.max_workers = 2});
     std::vector<int> inputs(10, 0);

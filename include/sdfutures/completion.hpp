@@ -17,6 +17,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ std::shared_ptr<CompletionQueue> make_completion_queue();
 // The index of the next settled task; nullopt once `deadline` passed.
 std::optional<std::size_t> next_completed(CompletionQueue& queue,
                                           std::optional<std::chrono::steady_clock::time_point> deadline);
+// Sleeps until every task of `tasks` is settled or one of them is settled without a value (its future holds an
+// exception): map() waits with one wake-up for all its tasks instead of one per future. False once `deadline` passed.
+bool wait_settled(std::span<const std::shared_ptr<TaskState>> tasks,
+                  std::optional<std::chrono::steady_clock::time_point> deadline);
 // Puts `index` on `queue` when `task` is settled (at once when it is already).
 void watch_task(TaskState& task, const std::shared_ptr<CompletionQueue>& queue, std::size_t index);
 // Forgets the watches `queue` holds on `task`. A push already under way (the task was being settled) may still

@@ -273,6 +273,10 @@ public:
                 futures.push_back(std::move(future));
             }
             CancelUnfinished unfinished{core_.submit_many(std::move(batch))};  // one lock and one wake-up
+            // One sleep for all of them, not one per future: the dispatcher then settles each task without waking
+            // this thread (a futex wake and a context switch per task, docs/benchmarks.md figure 2). Woken early
+            // by a failure, so that it is rethrown and the rest cancelled as soon as it is known.
+            if (!detail::wait_settled(unfinished.tasks, deadline)) throw map_timeout(options);
             std::vector<R> results;
             results.reserve(futures.size());
             for (auto& future : futures) results.push_back(wait_for_result(future, deadline, options)->get());
@@ -370,10 +374,13 @@ private:
     template <class Future>
     static Future* wait_for_result(Future& future, std::optional<std::chrono::steady_clock::time_point> deadline,
                                    const MapOptions& options) {
-        if (deadline && future.wait_until(*deadline) == std::future_status::timeout)
-            throw WaitTimeout("map(): the results were not all there within " +
-                              std::to_string(options.timeout->count()) + " ms; the tasks not finished were cancelled");
+        if (deadline && future.wait_until(*deadline) == std::future_status::timeout) throw map_timeout(options);
         return &future;
+    }
+
+    static WaitTimeout map_timeout(const MapOptions& options) {
+        return WaitTimeout("map(): the results were not all there within " + std::to_string(options.timeout->count()) +
+                           " ms; the tasks not finished were cancelled");
     }
 
     template <class F, class Range>
