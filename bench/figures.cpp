@@ -275,14 +275,15 @@ void figure_task_throughput(Context& c) {
         const double s = median(samples[0]), m = median(samples[1]), pp = median(samples[2]),
                      pl = median(samples[3]);
         const std::string w = std::to_string(workers) + " worker" + (workers > 1 ? "s" : "");
-        const std::string target = workers == 2 ? ">= 150 k/s" : "";
-        auto verdict = [&](double rate) { return workers == 2 ? at_least(rate, 150'000) : Verdict::info; };
-        c.report.add(row("2 trivial tasks/s, submit, " + w, format_rate(s), format_rate(pp) + " ping-pong",
-                         format_ratio(s / pp), target, verdict(s)));
-        c.report.add(row("2 trivial tasks/s, map, " + w, format_rate(m), format_rate(pp) + " ping-pong",
-                         format_ratio(m / pp), target, verdict(m)));
-        c.report.add(row("2   (floor pipelined 8 deep), " + w, format_rate(m), format_rate(pl) + " pipelined",
-                         format_ratio(m / pl), "", Verdict::info));
+        // Issue 15's target: 0.9 of the same work pipelined on raw socketpairs, with 2 workers.
+        const std::string target = workers == 2 ? ">= 0.90x" : "";
+        auto verdict = [&](double rate) { return workers == 2 ? at_least(rate / pl, 0.9) : Verdict::info; };
+        c.report.add(row("2 trivial tasks/s, submit, " + w, format_rate(s), format_rate(pl) + " pipelined",
+                         format_ratio(s / pl), target, verdict(s)));
+        c.report.add(row("2 trivial tasks/s, map, " + w, format_rate(m), format_rate(pl) + " pipelined",
+                         format_ratio(m / pl), target, verdict(m)));
+        c.report.add(row("2   (floor ping-pong, one request in flight), " + w, format_rate(m),
+                         format_rate(pp) + " ping-pong", format_ratio(m / pp), "", Verdict::info));
         c.report.samples("submit " + w, samples[0], "tasks/s");
         c.report.samples("map " + w, samples[1], "tasks/s");
         c.report.samples("raw ping-pong " + w, samples[2], "tasks/s");
