@@ -117,13 +117,15 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
     spawn_initial_workers();
     std::vector<pid_t> children;
     for (auto& w : workers) children.push_back(w->pid);
-    auto release = [&](std::size_t i, const std::string& message) {
+    auto send_release = [&](std::size_t i, const std::string& message) {
         Worker& w = *workers[i];
         if (!send_message(w.socket.get(), 0, message))
             throw SystemError("sendmsg", errno, "to release worker " + std::to_string(w.pid));
         w.phase = Worker::Phase::entering;
     };
-    main_pid = static_cast<uint32_t>(attach_and_release(manager, *unit, children, release));
+    Release sent = attach_and_release(manager, *unit, children, send_release);
+    main_pid = static_cast<uint32_t>(sent.main_pid);
+    release = std::move(sent.message);
 }
 
 // exec: systemd executes this program as the unit's main process, which serves as the fork server from inside
@@ -361,7 +363,7 @@ void PoolCore::Impl::take_bus_answers() {
         switch (answer.kind) {
         case PoolBus::Answer::Kind::attached:
             if (w.condemned || !w.alive()) break;
-            w.writer.queue(0, release_message(static_cast<pid_t>(main_pid)));
+            w.writer.queue(0, release);
             w.phase = Worker::Phase::entering;
             w.phase_since = Clock::now();
             flush_worker(w);
