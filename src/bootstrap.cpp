@@ -8,6 +8,7 @@
 #include "anchored_unit.hpp"
 #include "entry_plan.hpp"
 #include "fd_util.hpp"
+#include "overlapped_attach.hpp"
 #include "sdfutures/error.hpp"
 #include "sys.hpp"
 #include "sdfutures/detail/wire.hpp"
@@ -19,9 +20,11 @@ Release attach_and_release(Manager& manager, const Unit& unit, std::span<const p
                            const std::function<void(std::size_t child, const std::string& release)>& send) {
     Release release;
     release.main_pid = static_cast<pid_t>(verified_main_pid(unit));
-    release.message = encode_entry_plan(read_entry_plan(release.main_pid));
-    std::vector<uint32_t> to_attach(children.begin(), children.end());
-    manager.attach_processes_to_unit(unit.name(), "/", to_attach);
+    const std::vector<uint32_t> to_attach(children.begin(), children.end());
+    // The plan is read while systemd attaches the children: it needs only the main process, verified above.
+    attach_processes_meanwhile(manager, unit.name(), to_attach, [&] {
+        release.message = encode_entry_plan(read_entry_plan(release.main_pid));
+    });
     for (std::size_t i = 0; i < children.size(); ++i) send(i, release.message);
     return release;
 }

@@ -7,10 +7,10 @@
 //   1. starts the unit and waits for its start job
 //      (Type=exec: the main process is final by then)
 //   2. forks the child (or has the fork server fork it) ─►  waits for the release, doing nothing else
-//   3. reads the entry plan from the main process
-//      (entry_plan.hpp: its namespaces, rlimits,
-//      credentials, ...), once for all children;
-//      AttachProcessesToUnit(children), one call
+//   3. AttachProcessesToUnit(children), one call; while
+//      systemd works on it, reads the entry plan from the
+//      main process (entry_plan.hpp: its namespaces,
+//      rlimits, credentials, ...), once for all children
 //   4. sends each the release: the entry plan ──────────►  enter_unit(): applies the plan (unit_entry.hpp), opening
 //                                                           the main process's namespaces only where they differ
 //   5. waits for the report ◄─────────────────────────────  "entered", or the step that failed
