@@ -19,10 +19,11 @@ namespace sdfutures::detail {
 Release attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
                            const std::function<void(std::size_t child, const std::string& release)>& send) {
     Release release;
-    release.main_pid = static_cast<pid_t>(verified_main_pid(unit));
     const std::vector<uint32_t> to_attach(children.begin(), children.end());
-    // The plan is read while systemd attaches the children: it needs only the main process, verified above.
+    // The main process is asked for, verified and read while systemd attaches the children. Attaching first is
+    // safe: a child does nothing in the unit until its release, and the release is read from the verified process.
     attach_processes_meanwhile(manager, unit.name(), to_attach, [&] {
+        release.main_pid = static_cast<pid_t>(verified_main_pid(unit));
         release.message = encode_entry_plan(read_entry_plan(release.main_pid));
     });
     for (std::size_t i = 0; i < children.size(); ++i) send(i, release.message);

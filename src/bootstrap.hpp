@@ -8,9 +8,10 @@
 //      (Type=exec: the main process is final by then)
 //   2. forks the child (or has the fork server fork it) ─►  waits for the release, doing nothing else
 //   3. AttachProcessesToUnit(children), one call; while
-//      systemd works on it, reads the entry plan from the
-//      main process (entry_plan.hpp: its namespaces,
-//      rlimits, credentials, ...), once for all children
+//      systemd works on it, asks for the main pid, checks
+//      it is the exec'd program and reads the entry plan
+//      from it (entry_plan.hpp: its namespaces, rlimits,
+//      credentials, ...), once for all children
 //   4. sends each the release: the entry plan ──────────►  enter_unit(): applies the plan (unit_entry.hpp), opening
 //                                                           the main process's namespaces only where they differ
 //   5. waits for the report ◄─────────────────────────────  "entered", or the step that failed
@@ -54,12 +55,13 @@ struct Release {
     std::string message;
 };
 
-// Owner, steps 3 and 4: checks that the unit's main process is its exec'd program (never a just-forked one still
-// holding root's identity), reads the entry plan from it, attaches the children in one call, and releases each
-// through `send(i, release)`, i indexing `children`; send throws (a SystemError naming its call) when it cannot.
-// Returns the release sent. Throws SetupError for the plan (the step that failed), SystemdError for the attach.
+// Owner, steps 3 and 4: attaches the children in one call, meanwhile checks that the unit's main process is its
+// exec'd program (never a just-forked one still holding root's identity) and reads the entry plan from it, and
+// releases each child through `send(i, release)`, i indexing `children`; send throws (a SystemError naming its
+// call) when it cannot. Returns the release sent. Throws SetupError for the plan (the step that failed),
+// SystemdError for the attach.
 Release attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
-                         const std::function<void(std::size_t child, const std::string& release)>& send);
+                           const std::function<void(std::size_t child, const std::string& release)>& send);
 
 // A TransientUnitProcess's release pipe: the owner writes the release whole (SystemError "write" when it cannot),
 // then closes the pipe; the child reads to its end (nullopt for nothing, an error, or more than kMaxReleaseBytes).

@@ -14,8 +14,9 @@ class Manager;
 
 namespace sdfutures::detail {
 
-// Throws what `meanwhile` throws (the call's reply is then not delivered), else SystemdError when the attach failed,
-// as Manager::attach_processes_to_unit does.
+// `meanwhile` runs without the bus's mutex, so it may make calls of its own on the bus. Throws what `meanwhile`
+// throws (the call's reply is then not delivered), else SystemdError when the attach failed, as
+// Manager::attach_processes_to_unit does.
 void attach_processes_meanwhile(Manager& manager, const std::string& unit, const std::vector<uint32_t>& pids,
                                 const std::function<void()>& meanwhile);
 
