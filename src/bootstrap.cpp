@@ -2,33 +2,54 @@
 
 #include <unistd.h>
 
-#include <cstring>
+#include <cerrno>
 #include <vector>
 
 #include "anchored_unit.hpp"
+#include "entry_plan.hpp"
+#include "fd_util.hpp"
+#include "overlapped_attach.hpp"
+#include "sdfutures/error.hpp"
+#include "sys.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/manager.hpp"
 
 namespace sdfutures::detail {
 
-std::string release_message(pid_t main_pid) { return {reinterpret_cast<const char*>(&main_pid), sizeof main_pid}; }
-
-std::optional<pid_t> parse_release_message(std::string_view body) {
-    pid_t main_pid = 0;
-    if (body.size() != sizeof main_pid) return std::nullopt;
-    std::memcpy(&main_pid, body.data(), sizeof main_pid);
-    if (main_pid <= 0) return std::nullopt;
-    return main_pid;
+Release attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
+                           const std::function<void(std::size_t child, const std::string& release)>& send) {
+    Release release;
+    const std::vector<uint32_t> to_attach(children.begin(), children.end());
+    // The main process is asked for, verified and read while systemd attaches the children. Attaching first is
+    // safe: a child does nothing in the unit until its release, and the release is read from the verified process.
+    attach_processes_meanwhile(manager, unit.name(), to_attach, [&] {
+        release.main_pid = static_cast<pid_t>(verified_main_pid(unit));
+        release.message = encode_entry_plan(read_entry_plan(release.main_pid));
+    });
+    for (std::size_t i = 0; i < children.size(); ++i) send(i, release.message);
+    return release;
 }
 
-pid_t attach_and_release(Manager& manager, const Unit& unit, std::span<const pid_t> children,
-                         const std::function<void(std::size_t child, const std::string& release)>& send) {
-    const auto main_pid = static_cast<pid_t>(verified_main_pid(unit));
-    std::vector<uint32_t> to_attach(children.begin(), children.end());
-    manager.attach_processes_to_unit(unit.name(), "/", to_attach);
-    const std::string release = release_message(main_pid);
-    for (std::size_t i = 0; i < children.size(); ++i) send(i, release);
-    return main_pid;
+void write_release_pipe(int fd, std::string_view release) {
+    std::size_t written = 0;
+    while (written < release.size()) {
+        ssize_t n = write_without_sigpipe(fd, release.data() + written, release.size() - written);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw SystemError("write", errno, "to release the child");
+        written += static_cast<std::size_t>(n);
+    }
+}
+
+std::optional<std::string> read_release_pipe(int fd) {
+    std::string release;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = sys::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || release.size() + static_cast<std::size_t>(n) > kMaxReleaseBytes) return std::nullopt;
+        if (n == 0) return release.empty() ? std::nullopt : std::optional(std::move(release));
+        release.append(buf, static_cast<std::size_t>(n));
+    }
 }
 
 int enter_when_released(const EntryRequest& entry, const std::function<std::optional<std::string>()>& receive_release,
@@ -39,12 +60,10 @@ int enter_when_released(const EntryRequest& entry, const std::function<std::opti
     } catch (...) {
         ::_exit(127);  // what came was no message of the owner's
     }
-    std::optional<pid_t> main_pid = release ? parse_release_message(*release) : std::nullopt;
-    if (!main_pid) ::_exit(127);  // the owner gave up before releasing us
-    EntryRequest request = entry;
-    request.main_pid = *main_pid;
+    std::optional<EntryPlan> plan = release ? decode_entry_plan(*release) : std::nullopt;
+    if (!plan) ::_exit(127);  // the owner gave up before releasing us
     EntryFailure failure;
-    if (!enter_unit(request, failure)) {
+    if (!enter_unit(entry, *plan, failure)) {
         report_failure(failure.channel_fd, encode_setup_failure(failure.step, failure.error_number, failure.detail));
         ::_exit(125);
     }

@@ -33,9 +33,10 @@
 #include "zygote.hpp"
 #include "sdfutures/manager.hpp"
 
-// The pool's facade and lifetime: construction (the unit, the fork server, the first workers), how workers arrive,
-// stop and leave (the fork server's events, the bus's answers), PoolCore's calls, and teardown. The dispatcher
-// thread's loop is in dispatcher.cpp, the dispatch policy in scheduler.hpp, what a death means in worker_death.hpp.
+// The pool's facade and lifetime: construction (its steps to the first workers are in pool_start.cpp), how workers
+// arrive, stop and leave (the fork server's events, the bus's answers), PoolCore's calls, and teardown. The
+// dispatcher thread's loop is in dispatcher.cpp, the dispatch policy in scheduler.hpp, what a death means in
+// worker_death.hpp.
 
 namespace sdfutures {
 namespace detail {
@@ -97,55 +98,6 @@ PoolCore::Impl::Impl(Properties p, PoolOptions o)
     }
 }
 
-// fork, forkserver: the unit's main process is cat reading the owner's anchor pipe; the workers are forked
-// outside, attached, released, and enter the unit themselves (bootstrap.hpp). Returns once they are released.
-void PoolCore::Impl::start_attached(Manager& manager, const WorkerConfig& config) {
-    int anchor_pipe[2];
-    if (::pipe2(anchor_pipe, O_CLOEXEC) != 0) throw SystemError("pipe2", errno, "to create the unit's anchor pipe");
-    anchor = Fd(anchor_pipe[1]);
-    Fd anchor_read(anchor_pipe[0]);
-    PendingJob job = manager.start_transient_unit_async(
-        options.unit_name, properties,
-        anchored_service_properties(properties, anchor_read.get(), "sdfutures pool of pid " + std::to_string(getpid())));
-    anchor_read.reset();  // systemd holds its own copy
-    // The unit is started before anything is forked: a unit that cannot start leaves nothing to tear down.
-    wait_anchored_start(*bus, job, properties);
-    control_group = unit->control_group();
-    oom_kills_seen = oom_kill_count(control_group);
-    server = start_fork_server(config, options.start_method);
-    request_spawn(target_workers.load());
-    spawn_initial_workers();
-    std::vector<pid_t> children;
-    for (auto& w : workers) children.push_back(w->pid);
-    auto release = [&](std::size_t i, const std::string& message) {
-        Worker& w = *workers[i];
-        if (!send_message(w.socket.get(), 0, message))
-            throw SystemError("sendmsg", errno, "to release worker " + std::to_string(w.pid));
-        w.phase = Worker::Phase::entering;
-    };
-    main_pid = static_cast<uint32_t>(attach_and_release(manager, *unit, children, release));
-}
-
-// exec: systemd executes this program as the unit's main process, which serves as the fork server from inside
-// sdfutures::init() (exec_server.hpp); its workers are born in the unit and report "entered" on their own.
-// Returns once they are forked.
-void PoolCore::Impl::start_exec(Manager& manager, const WorkerConfig& config) {
-    ExecServerLaunch launch = prepare_exec_server(config);
-    PendingJob job = manager.start_transient_unit_async(
-        options.unit_name, properties,
-        exec_service_properties(properties, launch, options.keep_stdio,
-                                "sdfutures pool of pid " + std::to_string(getpid()) + " (exec)"));
-    launch.server_end.reset();  // systemd holds its own copies
-    launch.executable.reset();
-    wait_anchored_start(*bus, job, properties);
-    main_pid = unit->main_pid();
-    control_group = unit->control_group();
-    oom_kills_seen = oom_kill_count(control_group);
-    server = await_exec_server(launch, static_cast<pid_t>(main_pid), kSpawnTimeout);
-    request_spawn(target_workers.load());
-    spawn_initial_workers();
-}
-
 void PoolCore::Impl::request_spawn(std::size_t n) {
     if (n == 0) return;
     ForkServerRequest request{static_cast<uint32_t>(n)};
@@ -153,52 +105,6 @@ void PoolCore::Impl::request_spawn(std::size_t n) {
         throw SystemError("sendmsg", errno, "to ask the pool's fork server for workers");
     if (spawning == 0) spawn_requested = Clock::now();
     spawning += n;
-}
-
-void PoolCore::Impl::spawn_initial_workers() {
-    while (spawning > 0) {
-        pollfd ready{server.control.get(), POLLIN, 0};
-        int r;
-        do r = sys::poll(&ready, 1, static_cast<int>(kSpawnTimeout.count()));
-        while (r < 0 && errno == EINTR);
-        if (r == 0)
-            throw Error("the pool's fork server (pid " + std::to_string(server.pid) + ") forked no worker within " +
-                        std::to_string(kSpawnTimeout.count()) + " ms");
-        ForkServerEvent event{};
-        Fd passed[3];
-        bool dropped = false;
-        ssize_t n = receive_with_fds(server.control.get(), &event, sizeof event, passed, &dropped);
-        if (n <= 0) throw Error("the pool's fork server ended while forking workers");
-        if (event.kind == ForkServerEvent::spawned) {
-            --spawning;
-            workers.push_back(new_worker(event.pid, passed, dropped));
-        } else if (event.kind == ForkServerEvent::spawn_failed) {
-            throw SystemError("fork", event.value, "in the pool's fork server, of a worker");
-        }
-    }
-}
-
-void PoolCore::Impl::wait_until_entered(Worker& w) {
-    const auto deadline = Clock::now() + kEntryTimeout;
-    for (;;) {
-        auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now()).count();
-        pollfd ready{w.socket.get(), POLLIN, 0};
-        int r = sys::poll(&ready, 1, static_cast<int>(std::max<long long>(left, 0)));
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0)
-            throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " did not report within " +
-                                                      std::to_string(kEntryTimeout.count()) + " ms");
-        MessageReader::Got got = w.reader.read_record(w.socket.get(), false);  // ProtocolError for garbage
-        if (got == MessageReader::Got::end)
-            throw SetupError("enter the unit", 0, "worker " + std::to_string(w.pid) + " ended before it entered the unit");
-        if (got != MessageReader::Got::message) continue;
-        Message m = w.reader.take();
-        if (m.id != 0) throw ProtocolError("worker " + std::to_string(w.pid) + " answered a task before it entered");
-        decode_reply<void>(m.body.view(), limits);  // SetupError for the step that failed
-        w.phase = Worker::Phase::ready;
-        ::fcntl(w.socket.get(), F_SETFL, O_NONBLOCK);
-        return;
-    }
 }
 
 void PoolCore::Impl::teardown() noexcept {
@@ -361,7 +267,7 @@ void PoolCore::Impl::take_bus_answers() {
         switch (answer.kind) {
         case PoolBus::Answer::Kind::attached:
             if (w.condemned || !w.alive()) break;
-            w.writer.queue(0, release_message(static_cast<pid_t>(main_pid)));
+            w.writer.queue(0, release);
             w.phase = Worker::Phase::entering;
             w.phase_since = Clock::now();
             flush_worker(w);

@@ -118,6 +118,7 @@ struct PoolCore::Impl {
     std::optional<Unit> unit;
     std::string control_group;
     uint32_t main_pid = 0;
+    std::string release;  // fork, forkserver: the release sent to every worker (bootstrap.hpp), kept for replacements
     bool exec = false;  // StartMethod::exec: the fork server is the unit's main process, its workers born inside
     Fd anchor;  // fork, forkserver: write end of the unit main process's stdin, the owner's lifeline (polled by the dispatcher)
     Fd wake;    // eventfd, written by any thread (wake_up()), read by the dispatcher

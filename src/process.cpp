@@ -270,14 +270,7 @@ pid_t ProcessCore::Impl::fork_child(StartDescriptors& descriptors, const Body& b
         detach_from_owner_state();
         ::close(release_write);
         // The release comes on a pipe of its own; a failed step is the first frame of the reply pipe (bootstrap.hpp).
-        auto receive_release = [child_release]() -> std::optional<std::string> {
-            char body[sizeof(pid_t) + 1];
-            ssize_t n;
-            do n = ::read(child_release, body, sizeof body);
-            while (n < 0 && errno == EINTR);
-            if (n <= 0) return std::nullopt;
-            return std::string(body, static_cast<std::size_t>(n));
-        };
+        auto receive_release = [child_release] { return read_release_pipe(child_release); };
         enter_when_released(EntryRequest{.parent_pid = parent, .keep_fd = child_reply, .keep_stdio = options_.keep_stdio},
                             receive_release,
                             [](int channel_fd, const std::string& report) { write_reply_frame(channel_fd, report); });
@@ -323,9 +316,7 @@ void ProcessCore::Impl::release_child(Manager& manager, StartDescriptors& descri
     pidfd_ = child_pidfd[0].release();
     const pid_t children[] = {pid_};
     attach_and_release(manager, *unit_, children, [&](std::size_t, const std::string& release) {
-        if (write_without_sigpipe(descriptors.release_write.get(), release.data(), release.size()) !=
-            static_cast<ssize_t>(release.size()))
-            throw SystemError("write", errno, "to release the child");
+        write_release_pipe(descriptors.release_write.get(), release);
     });
     descriptors.release_write.reset();
 }

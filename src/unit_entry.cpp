@@ -16,9 +16,6 @@
 #include <array>
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -28,7 +25,8 @@ namespace {
 // The order systemd's own exec_child follows: descriptors are closed first, before anything else is opened; the
 // steps that need privileges (namespaces, rlimits, nice) come before credentials are dropped; umask, environment
 // and working directory after. Like exec_child, entry opens nothing once the unit's rlimits are applied: a soft
-// RLIMIT_NOFILE as low as the unit's may be would refuse it.
+// RLIMIT_NOFILE as low as the unit's may be would refuse it. What to apply comes in the plan the owner read from
+// the unit's main process (entry_plan.hpp); the child reads only its own namespaces and the working directory.
 
 bool fail(EntryFailure& failure, std::string step, int err, std::string detail) {
     failure.step = std::move(step);
@@ -38,34 +36,6 @@ bool fail(EntryFailure& failure, std::string step, int err, std::string detail) 
 }
 
 std::string proc_path(pid_t pid, const char* what) { return "/proc/" + std::to_string(pid) + "/" + what; }
-
-bool read_whole(const std::string& path, std::string& out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    out = ss.str();
-    return true;
-}
-
-// The value of "Field:" in /proc/PID/status.
-std::string status_field(const std::string& status, const std::string& field) {
-    auto pos = status.find("\n" + field + ":");
-    if (pos == std::string::npos) return {};
-    pos += field.size() + 2;
-    auto end = status.find('\n', pos);
-    std::string value = status.substr(pos, end - pos);
-    auto first = value.find_first_not_of(" \t");
-    return first == std::string::npos ? std::string() : value.substr(first);
-}
-
-std::vector<unsigned long> numbers(const std::string& text, int base = 10) {
-    std::vector<unsigned long> out;
-    std::istringstream in(text);
-    std::string word;
-    while (in >> word) out.push_back(std::strtoul(word.c_str(), nullptr, base));
-    return out;
-}
 
 // A descriptor entry opens for itself, closed on every way out.
 class OwnFd {
@@ -84,87 +54,59 @@ private:
     int fd_;
 };
 
-// What entry copies from the unit's main process, read in one go while entry may still open files: before the
-// namespaces change (the unit's mount namespace may not show the old /proc paths) and before the unit's rlimits
-// apply. Only the working directory is read later, in the unit's mount namespace, as a link (no descriptor).
-struct MainProcess {
-    std::string status;       // /proc/PID/status: seccomp, credentials, capabilities, NoNewPrivs, umask
-    std::string limits;       // /proc/PID/limits
-    std::string stat;         // /proc/PID/stat: nice
-    std::string environment;  // /proc/PID/environ
-};
-
-bool read_main_process(const EntryRequest& r, MainProcess& unit_main, EntryFailure& failure) {
-    if (!read_whole(proc_path(r.main_pid, "status"), unit_main.status))
-        return fail(failure, "read the unit's main process", errno, proc_path(r.main_pid, "status"));
-    if (!read_whole(proc_path(r.main_pid, "limits"), unit_main.limits))
-        return fail(failure, "read rlimits", errno, "limits");
-    if (!read_whole(proc_path(r.main_pid, "stat"), unit_main.stat)) return fail(failure, "read nice", errno, "stat");
-    if (!read_whole(proc_path(r.main_pid, "environ"), unit_main.environment))
-        return fail(failure, "read Environment=", errno, "environ of the unit's main process");
-    return true;
-}
-
 ino_t ns_inode(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
 }
 
-bool join_namespaces(const EntryRequest& r, EntryFailure& failure) {
-    // mnt last: after it, paths are those of the unit's mount namespace.
-    static constexpr std::array<std::pair<const char*, int>, 4> kinds{
-        {{"net", CLONE_NEWNET}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"mnt", CLONE_NEWNS}}};
+// Joins each namespace of the plan this process is not in yet. A child forked by the owner usually shares them all
+// with the unit's main process: then it opens nothing here.
+bool join_namespaces(const EntryPlan& plan, EntryFailure& failure) {
+    // The flags of kEntryNamespaces, in its order.
+    static constexpr std::array<int, kEntryNamespaces.size()> types{CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWNS};
     struct Join {
         OwnFd fd;
-        int type;
-        const char* name;
+        std::size_t kind;
     };
     std::vector<Join> to_join;
-    for (auto [name, type] : kinds) {
-        std::string theirs = proc_path(r.main_pid, "ns/") + name;
+    for (std::size_t i = 0; i < kEntryNamespaces.size(); ++i) {
+        const char* name = kEntryNamespaces[i];
         std::string ours = std::string("/proc/self/ns/") + name;
-        ino_t their_ino = ns_inode(theirs);
-        if (their_ino == 0) return fail(failure, std::string("inspect namespace ") + name, errno, theirs);
-        if (their_ino == ns_inode(ours)) continue;
+        ino_t our_ino = ns_inode(ours);
+        if (our_ino == 0) return fail(failure, std::string("inspect namespace ") + name, errno, ours);
+        if (our_ino == plan.namespace_inodes[i]) continue;
+        std::string theirs = proc_path(plan.main_pid, "ns/") + name;
         OwnFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
         if (fd.get() < 0) return fail(failure, std::string("open namespace ") + name, errno, theirs);
-        to_join.push_back({std::move(fd), type, name});
+        // The namespace the owner read, not one of a process that has taken the pid since.
+        struct stat st {};
+        if (::fstat(fd.get(), &st) != 0 || st.st_ino != plan.namespace_inodes[i])
+            return fail(failure, std::string("open namespace ") + name, errno,
+                        theirs + " is not the namespace the owner read");
+        to_join.push_back({std::move(fd), i});
     }
     for (const auto& j : to_join) {
         // The type makes the kernel check that the descriptor is that kind of namespace.
-        if (::setns(j.fd.get(), j.type) != 0) {
+        if (::setns(j.fd.get(), types[j.kind]) != 0) {
             int err = errno;
-            return fail(failure, std::string("join namespace ") + j.name, err,
+            return fail(failure, std::string("join namespace ") + kEntryNamespaces[j.kind], err,
                         ::geteuid() == 0 ? "setns to the unit's main process's namespace"
                                          : "setns to the unit's main process's namespace, which a non-root process "
                                            "cannot join: the owner must share its user manager's namespaces");
         }
     }
-    to_join.clear();
-    for (auto [name, type] : kinds) {
-        (void)type;
-        if (ns_inode(std::string("/proc/self/ns/") + name) != ns_inode(proc_path(r.main_pid, "ns/") + name))
+    for (const auto& j : to_join) {
+        const char* name = kEntryNamespaces[j.kind];
+        if (ns_inode(std::string("/proc/self/ns/") + name) != plan.namespace_inodes[j.kind])
             return fail(failure, std::string("verify namespace ") + name, 0, "still not in the unit's namespace");
     }
     return true;
 }
 
-// /proc/PID/limits rather than prlimit(2): reading another user's limits with prlimit needs CAP_SYS_RESOURCE,
-// which sandboxes (and this project's CI) may withhold even from root. The file lists RLIMIT_* in order.
-bool copy_rlimits(const MainProcess& unit_main, EntryFailure& failure) {
-    std::istringstream lines(unit_main.limits);
-    std::string line;
-    std::getline(lines, line);  // the header
-    constexpr size_t kNameWidth = 26;
-    for (int resource = 0; resource < RLIMIT_NLIMITS && std::getline(lines, line); ++resource) {
-        if (line.size() <= kNameWidth) return fail(failure, "read rlimits", 0, "malformed line: " + line);
-        std::istringstream values(line.substr(kNameWidth));
-        std::string soft_text, hard_text;
-        values >> soft_text >> hard_text;
-        auto parse_limit = [](const std::string& v) {
-            return v == "unlimited" ? RLIM_INFINITY : static_cast<rlim_t>(std::strtoull(v.c_str(), nullptr, 10));
-        };
-        struct rlimit wanted {parse_limit(soft_text), parse_limit(hard_text)};
+// The plan lists the limits in RLIMIT_* order.
+bool copy_rlimits(const EntryPlan& plan, EntryFailure& failure) {
+    for (int resource = 0; resource < static_cast<int>(plan.rlimits.size()); ++resource) {
+        struct rlimit wanted = plan.rlimits[static_cast<std::size_t>(resource)];
         auto which = static_cast<__rlimit_resource>(resource);
         if (::setrlimit(which, &wanted) == 0) continue;
         if (errno != EPERM) return fail(failure, "apply rlimits", errno, "resource " + std::to_string(resource));
@@ -179,18 +121,10 @@ bool copy_rlimits(const MainProcess& unit_main, EntryFailure& failure) {
     return true;
 }
 
-bool copy_nice(const MainProcess& unit_main, EntryFailure& failure) {
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    auto close = unit_main.stat.rfind(')');
-    if (close == std::string::npos || close + 2 > unit_main.stat.size())
-        return fail(failure, "read nice", 0, "malformed stat: " + unit_main.stat);
-    std::istringstream in(unit_main.stat.substr(close + 2));
-    std::string field;
-    long nice = 0;
-    for (int i = 3; i <= 19 && in >> field; ++i)
-        if (i == 19) nice = std::strtol(field.c_str(), nullptr, 10);
+bool copy_nice(const EntryPlan& plan, EntryFailure& failure) {
+    const int nice = plan.nice;
     errno = 0;
-    if (::setpriority(PRIO_PROCESS, 0, static_cast<int>(nice)) != 0) {
+    if (::setpriority(PRIO_PROCESS, 0, nice) != 0) {
         int err = errno;
         // Lowering the nice value needs CAP_SYS_NICE or RLIMIT_NICE, which a non-root owner started at a higher
         // one usually lacks. Keep our own value then: the child runs at a lower priority than the unit's, never a
@@ -203,8 +137,8 @@ bool copy_nice(const MainProcess& unit_main, EntryFailure& failure) {
     return true;
 }
 
-bool drop_bounding_set(const std::string& status, EntryFailure& failure) {
-    unsigned long long theirs = std::strtoull(status_field(status, "CapBnd").c_str(), nullptr, 16);
+bool drop_bounding_set(const EntryPlan& plan, EntryFailure& failure) {
+    const std::uint64_t theirs = plan.bounding_set;
     for (int cap = 0; cap <= 63; ++cap) {
         if (theirs & (1ull << cap)) continue;
         if (::prctl(PR_CAPBSET_READ, cap) != 1) continue;
@@ -217,14 +151,10 @@ bool drop_bounding_set(const std::string& status, EntryFailure& failure) {
     return true;
 }
 
-bool take_credentials(const std::string& status, EntryFailure& failure) {
-    auto uids = numbers(status_field(status, "Uid"));
-    auto gids = numbers(status_field(status, "Gid"));
-    auto groups = numbers(status_field(status, "Groups"));
-    if (uids.size() < 3 || gids.size() < 3) return fail(failure, "read credentials", 0, "malformed /proc status");
-    uid_t uid = static_cast<uid_t>(uids[0]);
-    gid_t gid = static_cast<gid_t>(gids[0]);
-    std::vector<gid_t> group_list(groups.begin(), groups.end());
+bool take_credentials(const EntryPlan& plan, EntryFailure& failure) {
+    const uid_t uid = plan.uid;
+    const gid_t gid = plan.gid;
+    const std::vector<gid_t>& group_list = plan.groups;
     // A call that would change nothing is skipped: a non-root process may not call setgroups() at all, and the
     // child of a non-root owner already has its unit's identity (a user's own manager runs units as that user).
     // Any real change is still attempted, and fails for a non-root owner.
@@ -271,8 +201,8 @@ bool take_credentials(const std::string& status, EntryFailure& failure) {
     return true;
 }
 
-void copy_environment(const MainProcess& unit_main) {
-    const std::string& environ_block = unit_main.environment;
+void copy_environment(const EntryPlan& plan) {
+    const std::string& environ_block = plan.environment;
     ::clearenv();  // NOLINT(concurrency-mt-unsafe): the child after fork() has one thread
     size_t start = 0;
     while (start < environ_block.size()) {
@@ -318,35 +248,31 @@ bool close_inherited_fds(const EntryRequest& r, EntryFailure& failure) {
 
 }  // namespace
 
-bool enter_unit(const EntryRequest& r, EntryFailure& failure) {
+bool enter_unit(const EntryRequest& r, const EntryPlan& plan, EntryFailure& failure) {
     // From here on the channel is fd 3 and nothing of the owner's is open: each file entry opens is the lowest
     // free descriptor, 4, and is closed again before the next.
     failure.channel_fd = r.keep_fd;
     if (!close_inherited_fds(r, failure)) return false;
     failure.channel_fd = kEnteredPipeFd;
-    MainProcess unit_main;
-    if (!read_main_process(r, unit_main, failure)) return false;
-    if (std::strtol(status_field(unit_main.status, "Seccomp").c_str(), nullptr, 10) != 0)
-        return fail(failure, "check seccomp", 0,
-                    "the unit's main process runs under a seccomp filter, which cannot be copied to a forked "
-                    "process (a property such as SystemCallFilter= or one that implies it); use Command");
-    if (!join_namespaces(r, failure)) return false;
+    if (!join_namespaces(plan, failure)) return false;
     // Nothing is opened from here on: the unit's RLIMIT_NOFILE applies now.
-    if (!copy_rlimits(unit_main, failure)) return false;
-    if (!copy_nice(unit_main, failure)) return false;
-    copy_environment(unit_main);
+    if (!copy_rlimits(plan, failure)) return false;
+    if (!copy_nice(plan, failure)) return false;
+    copy_environment(plan);
+    // Read here rather than by the owner: as a path in the unit's mount namespace, joined above, where the
+    // directory is; the owner would see it under its own (a PrivateTmp= /tmp, say, is elsewhere there).
     std::string cwd;
     {
         char buf[4096];
-        ssize_t n = ::readlink(proc_path(r.main_pid, "cwd").c_str(), buf, sizeof buf - 1);
+        ssize_t n = ::readlink(proc_path(plan.main_pid, "cwd").c_str(), buf, sizeof buf - 1);
         if (n < 0) return fail(failure, "read WorkingDirectory=", errno, "cwd of the unit's main process");
         cwd.assign(buf, static_cast<size_t>(n));
     }
-    if (!drop_bounding_set(unit_main.status, failure)) return false;
-    if (!take_credentials(unit_main.status, failure)) return false;
-    if (status_field(unit_main.status, "NoNewPrivs") == "1" && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    if (!drop_bounding_set(plan, failure)) return false;
+    if (!take_credentials(plan, failure)) return false;
+    if (plan.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail(failure, "apply NoNewPrivileges=", errno, "prctl");
-    ::umask(static_cast<mode_t>(std::strtoul(status_field(unit_main.status, "Umask").c_str(), nullptr, 8)));
+    ::umask(plan.umask);
     // As the target user, as systemd does, so a directory root may enter but the user may not is refused.
     if (::chdir(cwd.c_str()) != 0) return fail(failure, "apply WorkingDirectory=", errno, cwd);
     // Changing credentials cleared the parent-death signal: arm it again.

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "entry_plan.hpp"
+
 namespace sdfutures::detail {
 
 struct EntryFailure {
@@ -16,15 +18,15 @@ struct EntryFailure {
 };
 
 struct EntryRequest {
-    pid_t main_pid = 0;       // the unit's main process, already exec'd by systemd (Type=exec)
     pid_t parent_pid = 0;     // the process the child must die with
     int keep_fd = -1;         // the library's pipe; becomes fd 3
     bool keep_stdio = false;  // keep the parent's stdout/stderr instead of /dev/null
 };
 
-// Returns true when the calling process has fully entered the unit; on false, `failure` says why and the
-// caller must exit without running user code. On success the library pipe is fd 3.
-bool enter_unit(const EntryRequest& request, EntryFailure& failure);
+// Applies `plan` (what the owner read from the unit's main process) to the calling process. Returns true when it
+// has fully entered the unit; on false, `failure` says why and the caller must exit without running user code. On
+// success the library pipe is fd 3.
+bool enter_unit(const EntryRequest& request, const EntryPlan& plan, EntryFailure& failure);
 
 // The descriptor enter_unit leaves the library pipe on.
 inline constexpr int kEnteredPipeFd = 3;
