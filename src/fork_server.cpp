@@ -99,7 +99,7 @@ int settle_in_unit(int socket) {
         } catch (...) {
             break;  // the owner sent what it never sends: give up rather than guess
         }
-        std::string reply;
+        EncodedReply reply;
         try {
             auto [invoker, function, arguments] =
                 unpack_value<std::tuple<std::uint64_t, std::uint64_t, std::string>>(task.body.view(),
@@ -110,7 +110,7 @@ int settle_in_unit(int socket) {
         } catch (...) {
             reply = encode_exception_reply(std::current_exception());
         }
-        if (!send_message(fd, task.id, reply)) break;
+        if (!send_message(fd, task.id, reply.head(), reply.blob())) break;
         if (config.max_tasks && ++done >= config.max_tasks) break;
     }
     std::fflush(nullptr);
