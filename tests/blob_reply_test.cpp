@@ -15,10 +15,12 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "channel.hpp"
 #include "fd_util.hpp"
+#include "fork_server.hpp"
 #include "sdfutures/detail/blob_reply.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/process.hpp"
@@ -126,6 +128,23 @@ TEST(BlobReplyStringTest, AResultAboveTheFrameLimitIsALengthErrorBeforeAnythingI
     EXPECT_NO_THROW(encode_reply(std::string(detail::blob_reply_bytes * 2 - 7, 'x'), small));
     EXPECT_THROW(encode_reply(std::string(detail::blob_reply_bytes * 2, 'x'), small), std::length_error);
     EXPECT_THROW(encode_reply(std::vector<char>(detail::blob_reply_bytes * 2), small), std::length_error);
+}
+
+TEST(TaskArgumentsTest, AWorkerReadsALargeArgumentWhereItArrivedNotFromACopy) {
+    const std::string arguments = detail::pack_value(std::tuple<std::string>(numbered<std::string>(5u << 20)));
+    const std::string body = detail::encode_task(0x1234, 0x5678, arguments);
+    const detail::TaskMessage task = detail::decode_task(body, {});
+    EXPECT_EQ(task.invoker, 0x1234u);
+    EXPECT_EQ(task.function, 0x5678u);
+    EXPECT_TRUE(task.arguments == arguments);
+    EXPECT_GE(task.arguments.data(), body.data());
+    EXPECT_LE(task.arguments.data() + task.arguments.size(), body.data() + body.size()) << "a copy, not the body";
+    for (const std::string& garbage : {std::string(), body.substr(0, body.size() - 1), body + "x",
+                                        detail::pack_value(std::tuple<int, int>(1, 2)),
+                                        detail::pack_value(std::tuple<int, int, int>(1, 2, 3)),
+                                        detail::pack_value(std::tuple<int, std::string, std::string>(1, "f", "a"))}) {
+        EXPECT_THROW(detail::decode_task(garbage, {}), ProtocolError) << garbage.size() << " bytes";
+    }
 }
 
 // ---- sending ----
