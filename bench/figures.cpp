@@ -68,18 +68,32 @@ double burn(int ms) {
 }
 
 // Where a 64 MiB std::string result spends its time inside a worker: building the value, and encoding the
-// reply exactly as the worker does after the task returns.
+// reply exactly as the worker does after the task returns (the value kept by reference, blob_reply.hpp).
 std::tuple<double, double> string_worker_costs(std::uint64_t n) {
     auto t0 = Clock::now();
     std::string value(n, 'Z');
     auto t1 = Clock::now();
-    std::string reply = sdfutures::detail::encode_value_reply(value, sdfutures::detail::WireLimits{});
+    sdfutures::detail::EncodedReply reply = sdfutures::detail::encode_reply(std::move(value));
     auto t2 = Clock::now();
     if (reply.size() < n) throw std::runtime_error("short reply");
     return {seconds_between(t0, t1), seconds_between(t1, t2)};
 }
 
 // ---- helpers --------------------------------------------------------------------------------------------------
+
+double status_kib(const char* field);
+
+// How far this process's resident memory rises above where it was while `get` runs and returns its value: the
+// kernel's high-water mark (VmHWM), reset first through clear_refs, less the resident size before.
+template <class Get>
+double owner_peak_bytes(Get&& get) {
+    std::ofstream("/proc/self/clear_refs") << "5";
+    const double before = status_kib("VmRSS");
+    auto value = get();
+    const double peak = status_kib("VmHWM");
+    if (value.empty()) throw std::runtime_error("empty result");
+    return (peak - before) * 1024.0;
+}
 
 
 
@@ -104,6 +118,8 @@ std::map<std::string, double> proc_fields(const std::string& path) {
     }
     return out;
 }
+
+double status_kib(const char* field) { return proc_fields("/proc/self/status")[field]; }
 
 pid_t parent_of(pid_t pid) {
     auto status = proc_fields("/proc/" + std::to_string(pid) + "/status");
@@ -401,6 +417,20 @@ void figure_result_bandwidth(Context& c) {
         c.report.add(row("3   (floor into MADV_HUGEPAGE memory)", format_bandwidth(median(samples[0])),
                          format_bandwidth(median(samples[5])) + " socketpair, THP",
                          format_percent(median(samples[0]) / median(samples[5])), "", Verdict::info));
+        // What one result costs the owner in memory, beside the value it is: the received payload and whatever
+        // the decoding holds at once.
+        const std::function<double()> peaks[] = {
+            [&] { return owner_peak_bytes([&] { return pool.submit(&make_string, std::uint64_t{n}).get(); }); },
+            [&] { return owner_peak_bytes([&] { return pool.submit(&make_chars, std::uint64_t{n}).get(); }); },
+            [&] { return owner_peak_bytes([&] { return pool.submit(&make_bytes, std::uint64_t{n}).get(); }); }};
+        for (int i = 0; i < 3; ++i) {
+            std::vector<double> peak;
+            for (int r = 0; r < c.config.reps; ++r) peak.push_back(peaks[i]());
+            const double ratio = median(peak) / bytes;
+            c.report.add(row("3   owner's memory peak, one " + mib_label(n) + " " + names[i], format_bytes(median(peak)),
+                             format_bytes(bytes) + " value", format_ratio(ratio), "<= 2x", at_most(ratio, 2.0)));
+            c.report.samples(std::string("owner peak ") + names[i], peak, "B");
+        }
         c.report.samples("bandwidth raw socketpair", samples[3], "B/s");
         c.report.samples("bandwidth raw socketpair THP", samples[5], "B/s");
         c.report.samples("bandwidth raw pipe", samples[4], "B/s");
@@ -414,7 +444,7 @@ void figure_result_bandwidth(Context& c) {
             encode.push_back(e);
             std::string reply = sdfutures::detail::encode_value_reply(std::string(n, 'Z'));
             auto t0 = Clock::now();
-            std::string value = sdfutures::detail::decode_reply<std::string>(reply);
+            std::string value = sdfutures::detail::decode_reply<std::string>(std::move(reply));  // as the pool does
             decode.push_back(seconds_between(t0, Clock::now()));
         }
         c.report.note("3 " + mib_label(n) + " std::string: end to end " + format_time(bytes / median(samples[0])) +

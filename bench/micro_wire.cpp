@@ -92,7 +92,7 @@ void TrivialTaskThroughTheCodec(benchmark::State& state) {
     int x = 0;
     for (auto _ : state) {
         std::string arguments = sdfutures::detail::pack_value(std::tuple<int>{++x & 0xffff});
-        std::string reply = invoker(function, arguments, limits);
+        std::string reply = invoker(function, arguments, limits).joined();
         benchmark::DoNotOptimize(decode_reply<int>(reply, limits));
     }
     state.SetItemsProcessed(state.iterations());

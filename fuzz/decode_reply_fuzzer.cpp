@@ -3,6 +3,7 @@
 // carries (a task's exception, a setup failure); anything else aborts, and so does any sanitizer finding.
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -15,9 +16,11 @@
 #include <system_error>
 #include <tuple>
 #include <typeindex>
+#include <typeinfo>
 #include <variant>
 #include <vector>
 
+#include "sdfutures/detail/blob_reply.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
 
@@ -94,6 +97,27 @@ void decode_as(std::string_view payload, std::optional<std::uint64_t> kind) {
     }
 }
 
+// The payload-taking decode of a blob result (blob_reply.hpp) must agree with the string_view one: the same value,
+// or an exception of the same type.
+template <class T>
+void decode_owned_as(std::string_view payload) {
+    std::optional<T> viewed, owned;
+    const std::type_info* viewed_error = nullptr;
+    const std::type_info* owned_error = nullptr;
+    try {
+        viewed = decode_reply<T>(payload, fuzz_limits());
+    } catch (const std::exception& e) {
+        viewed_error = &typeid(e);
+    }
+    try {
+        owned = decode_reply<T>(std::string(payload), fuzz_limits());
+    } catch (const std::exception& e) {
+        owned_error = &typeid(e);
+    }
+    const bool same_error = viewed_error == owned_error || (viewed_error && owned_error && *viewed_error == *owned_error);
+    if (viewed != owned || !same_error) escaped("a different outcome of the payload-taking decode", payload);
+}
+
 void decode_every_way(std::string_view payload) {
     const std::optional<std::uint64_t> kind = reply_kind(payload);
     decode_as<void>(payload, kind);
@@ -104,6 +128,9 @@ void decode_every_way(std::string_view payload) {
     decode_as<std::variant<int, std::string>>(payload, kind);
     decode_as<std::optional<double>>(payload, kind);
     decode_as<std::tuple<int, std::string>>(payload, kind);
+    decode_owned_as<std::string>(payload);
+    decode_owned_as<std::vector<char>>(payload);
+    decode_owned_as<std::vector<std::byte>>(payload);
 }
 
 // Splits the input into reads of a size taken from its first byte, alternating between feed() and the

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "sdfutures/detail/huge_pages.hpp"
 #include "sdfutures/error.hpp"
 
 namespace sdfutures::detail {
@@ -25,14 +26,26 @@ static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
 
 [[noreturn]] void broken(const std::string& what) { throw ProtocolError("the worker's channel: " + what); }
 
-// Sends the record of `body` that starts at `offset`. Returns the body bytes it carried, or -1 with errno.
-ssize_t send_record(int fd, std::uint64_t id, std::string_view body, std::size_t offset, int flags) noexcept {
-    RecordHeader header{id, body.size()};
-    const std::size_t length = std::min(body.size() - offset, kRecordBodyBytes);
-    iovec parts[2] = {{&header, sizeof header}, {const_cast<char*>(body.data() + offset), length}};
+// Sends the record of the body `head` then `tail` that starts at `offset` of it: one sendmsg whatever part of
+// which piece the record carries, so a body given in two pieces is never joined into one. Returns the body bytes
+// it carried, or -1 with errno.
+ssize_t send_record(int fd, std::uint64_t id, std::string_view head, std::string_view tail, std::size_t offset,
+                    int flags) noexcept {
+    const std::size_t total = head.size() + tail.size();
+    RecordHeader header{id, total};
+    const std::size_t length = std::min(total - offset, kRecordBodyBytes);
+    iovec parts[3] = {{&header, sizeof header}, {}, {}};
+    std::size_t count = 1;
+    if (offset < head.size()) {
+        const std::size_t from_head = std::min(head.size() - offset, length);
+        parts[count++] = {const_cast<char*>(head.data() + offset), from_head};
+        if (from_head < length) parts[count++] = {const_cast<char*>(tail.data()), length - from_head};
+    } else {
+        parts[count++] = {const_cast<char*>(tail.data() + (offset - head.size())), length};
+    }
     msghdr msg{};
     msg.msg_iov = parts;
-    msg.msg_iovlen = 2;
+    msg.msg_iovlen = count;
     ssize_t n;
     do n = sys::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
@@ -48,11 +61,22 @@ ssize_t send_record(int fd, std::uint64_t id, std::string_view body, std::size_t
 
 }  // namespace
 
+MessageBody::MessageBody(std::size_t size) : size_(size) {
+    bytes_.reserve(size);
+    advise_huge_pages(bytes_.data(), size);
+}
+
+char* MessageBody::room(std::size_t offset, std::size_t count) {
+    bytes_.resize(offset + count);
+    return bytes_.data() + offset;
+}
+
 MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
     RecordHeader header{};
     iovec parts[2] = {{&header, sizeof header}, {}};
     if (in_message_) {  // straight into the message's own buffer: a large body is never copied
-        parts[1] = {partial_.body.data() + received_, std::min(partial_.body.size() - received_, kRecordBodyBytes)};
+        const std::size_t room = std::min(partial_.body.size() - received_, kRecordBodyBytes);
+        parts[1] = {partial_.body.room(received_, room), room};
     } else {
         if (!staging_) staging_.reset(new char[kRecordBodyBytes]);
         parts[1] = {staging_.get(), kRecordBodyBytes};
@@ -92,7 +116,7 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
                    std::to_string(header.total));
         partial_.id = header.id;
         partial_.body = MessageBody(static_cast<std::size_t>(header.total));
-        if (body) std::memcpy(partial_.body.data(), staging_.get(), body);
+        if (body) std::memcpy(partial_.body.room(0, body), staging_.get(), body);
         received_ = body;
         in_message_ = true;
     } else {
@@ -102,6 +126,7 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
                    " of its " + std::to_string(partial_.body.size()) + " bytes");
         if (body == 0) broken("an empty record in the middle of message " + std::to_string(partial_.id));
         received_ += body;
+        partial_.body.keep(received_);
     }
     if (received_ < partial_.body.size()) return Got::partial;
     in_message_ = false;
@@ -111,13 +136,14 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
     return Got::message;
 }
 
-bool send_message(int fd, std::uint64_t id, std::string_view body) noexcept {
+bool send_message(int fd, std::uint64_t id, std::string_view head, std::string_view tail) noexcept {
+    const std::size_t total = head.size() + tail.size();
     std::size_t offset = 0;
     do {
-        ssize_t sent = send_record(fd, id, body, offset, 0);
+        ssize_t sent = send_record(fd, id, head, tail, offset, 0);
         if (sent < 0) return false;
         offset += static_cast<std::size_t>(sent);
-    } while (offset < body.size());
+    } while (offset < total);
     return true;
 }
 
@@ -144,7 +170,7 @@ void MessageWriter::queue(std::uint64_t id, std::string body) { queue_.push_back
 MessageWriter::Sent MessageWriter::flush(int fd) noexcept {
     while (!queue_.empty()) {
         Pending& front = queue_.front();
-        ssize_t sent = send_record(fd, front.id, front.body, offset_, MSG_DONTWAIT);
+        ssize_t sent = send_record(fd, front.id, front.body, {}, offset_, MSG_DONTWAIT);
         if (sent < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Sent::blocked : Sent::broken;
         offset_ += static_cast<std::size_t>(sent);
         if (offset_ >= front.body.size()) {

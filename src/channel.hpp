@@ -42,17 +42,28 @@ inline constexpr std::size_t kRecordHeaderBytes = 16;
 // Well inside the default socket send buffer (net.core.wmem_default, 208 KiB), which a record must fit whole.
 inline constexpr std::size_t kRecordBodyBytes = 64u << 10;
 
-// A received message's body: uninitialized memory filled by recvmsg(2), so a 64 MiB reply is not zeroed first.
+// A received message's body. Its bytes are a std::string so that a reply can become a std::string result without
+// a copy (blob_reply.hpp); the string grows a record at a time as records arrive, so each byte is zeroed only just
+// before the kernel writes it, while it is in the cache, and a 64 MiB body is never zero-filled in one go. A large
+// body's memory is reserved at once and advised for huge pages (huge_pages.hpp): receiving into 4 KiB faults is
+// what a large message costs most.
 class MessageBody {
 public:
     MessageBody() = default;
-    explicit MessageBody(std::size_t size) : data_(size ? new char[size] : nullptr), size_(size) {}
-    char* data() noexcept { return data_.get(); }
-    std::string_view view() const noexcept { return {data_.get(), size_}; }
+    // A body of `size` bytes to come (address space only: nothing is touched until room() asks for it).
+    explicit MessageBody(std::size_t size);
+    // `count` writable bytes at `offset`, for recvmsg to fill; the bytes beyond `offset` received before are
+    // dropped. offset + count must not exceed size().
+    char* room(std::size_t offset, std::size_t count);
+    // The bytes received: the first `received` of them count, the rest of the last room() is dropped.
+    void keep(std::size_t received) { bytes_.resize(received); }
+    std::string_view view() const noexcept { return bytes_; }
     std::size_t size() const noexcept { return size_; }
+    // The whole body, for a reader that keeps it (the body is left empty).
+    std::string take() && noexcept { return std::move(bytes_); }
 
 private:
-    std::unique_ptr<char[]> data_;
+    std::string bytes_;
     std::size_t size_ = 0;
 };
 
@@ -85,8 +96,10 @@ private:
     std::unique_ptr<char[]> staging_;
 };
 
-// Sends one message, record by record, blocking. False with errno set when the socket fails (the peer is gone).
-bool send_message(int fd, std::uint64_t id, std::string_view body) noexcept;
+// Sends one message, record by record, blocking; its body is `head` then `tail`, sent from where they are (a
+// worker's reply and the large result it keeps by reference, see blob_reply.hpp). False with errno set when the
+// socket fails (the peer is gone).
+bool send_message(int fd, std::uint64_t id, std::string_view head, std::string_view tail = {}) noexcept;
 
 // Blocking: reads records until a whole message has arrived. False at end of stream (or on a failing read);
 // throws ProtocolError for a broken record.

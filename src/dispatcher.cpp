@@ -399,7 +399,7 @@ void PoolCore::Impl::handle_message(Worker& w, Message message) {
     Reply reply = Reply::value;
     std::string().swap(task->submission.arguments);
     try {
-        reply = task->submission.complete(message.body.view());
+        reply = task->submission.complete(std::move(message.body).take());
     } catch (...) {
         reply = Reply::exception;  // only the promise itself can throw here: it was satisfied already
     }

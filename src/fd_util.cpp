@@ -1,6 +1,7 @@
 #include "fd_util.hpp"
 #include "sys.hpp"
 
+#include <poll.h>
 #include <signal.h>
 
 #include <cstring>
@@ -73,6 +74,31 @@ bool write_all(int fd, const void* data, size_t size) noexcept {
         }
         p += n;
         size -= static_cast<size_t>(n);
+    }
+    return true;
+}
+
+bool writev_all(int fd, std::span<iovec> parts) noexcept {
+    while (!parts.empty() && parts.front().iov_len == 0) parts = parts.subspan(1);
+    while (!parts.empty()) {
+        const ssize_t n = sys::writev(fd, parts.data(), static_cast<int>(parts.size()));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+            pollfd room{fd, POLLOUT, 0};
+            if (sys::poll(&room, 1, -1) < 0 && errno != EINTR) return false;
+            continue;
+        }
+        // Past the parts written whole, then into the one written in part.
+        auto written = static_cast<size_t>(n);
+        while (!parts.empty() && written >= parts.front().iov_len) {
+            written -= parts.front().iov_len;
+            parts = parts.subspan(1);
+        }
+        if (!parts.empty()) {
+            parts.front().iov_base = static_cast<char*>(parts.front().iov_base) + written;
+            parts.front().iov_len -= written;
+        }
     }
     return true;
 }

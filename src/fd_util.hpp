@@ -2,6 +2,7 @@
 // Small descriptor helpers shared by the process and pool implementations. Private to the library.
 
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -52,5 +53,10 @@ ssize_t write_without_sigpipe(int fd, const char* data, size_t size) noexcept;
 
 // write(2) until done or an error other than EINTR; false on error.
 bool write_all(int fd, const void* data, size_t size) noexcept;
+
+// writev(2) of all of `parts` (which it uses up), through interruptions (EINTR), a full non-blocking descriptor
+// (EAGAIN: waits for room) and short writes; false on any other error. For a payload written from several buffers
+// (a reply's head and the result it keeps by reference) without joining them first.
+bool writev_all(int fd, std::span<iovec> parts) noexcept;
 
 }  // namespace sdfutures::detail

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <vector>
 #include <tuple>
@@ -99,18 +100,16 @@ int settle_in_unit(int socket) {
         } catch (...) {
             break;  // the owner sent what it never sends: give up rather than guess
         }
-        std::string reply;
+        EncodedReply reply;
         try {
-            auto [invoker, function, arguments] =
-                unpack_value<std::tuple<std::uint64_t, std::uint64_t, std::string>>(task.body.view(),
-                                                                                   WireLimits{kMaxTaskMessageBytes});
+            auto [invoker, function, arguments] = decode_task(task.body.view(), WireLimits{kMaxTaskMessageBytes});
             const auto code = [&](std::uint64_t at) { return config.code_base + static_cast<std::uintptr_t>(at); };
             reply = reinterpret_cast<TaskInvoker>(code(invoker))(function ? code(function) : 0, arguments,
                                                                  config.limits);
         } catch (...) {
             reply = encode_exception_reply(std::current_exception());
         }
-        if (!send_message(fd, task.id, reply)) break;
+        if (!send_message(fd, task.id, reply.head(), reply.blob())) break;
         if (config.max_tasks && ++done >= config.max_tasks) break;
     }
     std::fflush(nullptr);
@@ -311,6 +310,19 @@ std::string encode_task(std::uintptr_t invoker, std::uintptr_t function, std::st
     packer.pack_str(static_cast<uint32_t>(arguments.size()));
     packer.pack_str_body(arguments.data(), static_cast<uint32_t>(arguments.size()));
     return payload;
+}
+
+TaskMessage decode_task(std::string_view body, const WireLimits& limits) {
+    const msgpack::object_handle handle = parse_untrusted(body, limits, "task message");
+    const msgpack::object& task = handle.get();
+    const ValuePath where = ValuePath::root("task message");
+    check_container_shape(task, where, msgpack::type::ARRAY, 3, "an array");
+    const msgpack::object* items = task.via.array.ptr;
+    check_integer_shape(items[0], where.child(ValuePath::Step::element, 0), 0, UINT64_MAX);
+    check_integer_shape(items[1], where.child(ValuePath::Step::element, 1), 0, UINT64_MAX);
+    check_blob_shape(items[2], where.child(ValuePath::Step::element, 2), std::nullopt);
+    // parse_untrusted leaves blobs in `body` (it never copies them into its zone): the view outlives the handle.
+    return {items[0].via.u64, items[1].via.u64, {items[2].via.str.ptr, items[2].via.str.size}};
 }
 
 }  // namespace sdfutures::detail

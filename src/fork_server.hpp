@@ -64,4 +64,13 @@ inline constexpr int kControlFd = 3;
 // A worker's task message body: [invoker, function, arguments].
 std::string encode_task(std::uintptr_t invoker, std::uintptr_t function, std::string_view arguments);
 
+// The worker's reading of it. The arguments stay where they arrived (a view into `body`): a 64 MiB argument is
+// decoded once, by the invoker, not copied into a string of its own first. Throws ProtocolError.
+struct TaskMessage {
+    std::uint64_t invoker;
+    std::uint64_t function;
+    std::string_view arguments;
+};
+TaskMessage decode_task(std::string_view body, const WireLimits& limits);
+
 }  // namespace sdfutures::detail

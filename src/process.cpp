@@ -38,28 +38,17 @@ void close_fd(int& fd) noexcept {
 
 namespace detail {
 
-void write_reply_frame(int fd, const std::string& payload) noexcept {
+void write_reply_frame(int fd, const EncodedReply& payload) noexcept {
     std::array<char, frame_header_bytes> header;
     try {
         header = frame_header(payload.size());
     } catch (...) {
         return;
     }
-    iovec parts[2] = {{header.data(), header.size()}, {const_cast<char*>(payload.data()), payload.size()}};
-    size_t part = 0;
-    while (part < 2) {
-        ssize_t n = ::writev(fd, parts + part, static_cast<int>(2 - part));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return;
-        }
-        auto written = static_cast<size_t>(n);
-        while (part < 2 && written >= parts[part].iov_len) written -= parts[part++].iov_len;
-        if (part < 2) {
-            parts[part].iov_base = static_cast<char*>(parts[part].iov_base) + written;
-            parts[part].iov_len -= written;
-        }
-    }
+    iovec parts[3] = {{header.data(), header.size()},
+                      {const_cast<char*>(payload.head().data()), payload.head().size()},
+                      {const_cast<char*>(payload.blob().data()), payload.blob().size()}};
+    (void)writev_all(fd, parts);  // a parent that stopped listening gets nothing more
 }
 
 namespace {

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "sdfutures/detail/huge_pages.hpp"
 #include "sdfutures/detail/wire.hpp"
 
 namespace sdfutures::detail {
@@ -132,6 +133,7 @@ void FrameReader::begin_payload(std::size_t length) {
     payload_.clear();
     try {
         payload_.reserve(length);
+        advise_huge_pages(payload_.data(), length);  // before the first byte lands: the faults are all to come
     } catch (const std::bad_alloc&) {
         // Not fatal: the payload then grows with the data, at the cost of some copying.
     }

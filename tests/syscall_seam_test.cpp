@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <chrono>
 #include <future>
 #include <string>
@@ -27,6 +29,14 @@ using testing::SystemdTest;
 
 int square(int x) { return x * x; }
 std::size_t length_of(std::string s) { return s.size(); }
+
+// Large blob results, sent by the worker from the value itself (blob_reply.hpp); every byte says where it is.
+template <class Blob>
+Blob numbered_blob(std::uint64_t size) {
+    Blob blob(size, typename Blob::value_type{});
+    for (std::uint64_t i = 0; i < size; ++i) blob[i] = static_cast<typename Blob::value_type>(i * 131 + i / 997);
+    return blob;
+}
 
 class SyscallSeamTest : public testing::StartMethodTest {};
 
@@ -59,6 +69,23 @@ TEST_P(SyscallSeamTest, EagainOnEverySecondNonBlockingSendStillDeliversLargeArgu
     for (std::size_t i = 0; i < 20; ++i) EXPECT_EQ(lengths[i].get(), (1u << 20) + i) << "task " << i;
     EXPECT_GE(injection.injected(Call::sendmsg), 20);
     EXPECT_GE(injection.injected(Call::recvmsg), 5);
+}
+
+TEST_P(SyscallSeamTest, EintrOnEverySecondSendAndReceiveStillDeliversLargeBlobResultsWhole) {
+    SyscallInjection injection;  // before the pool: its workers' sends meet it too
+    injection.inject(Call::sendmsg, {.error_number = EINTR, .every = 2});
+    injection.inject(Call::recvmsg, {.error_number = EINTR, .every = 2});
+    TransientUnitPoolExecutor pool({}, with_method({.max_workers = 2}));
+    const std::uint64_t size = (9u << 20) + 5;  // records of 64 KiB, and a last one cut short
+    auto text = pool.submit(&numbered_blob<std::string>, size);
+    auto chars = pool.submit(&numbered_blob<std::vector<char>>, size);
+    auto bytes = pool.submit(&numbered_blob<std::vector<std::byte>>, size);
+    auto length = pool.submit(&length_of, numbered_blob<std::string>(size));
+    EXPECT_TRUE(text.get() == numbered_blob<std::string>(size)) << "the std::string arrived changed";
+    EXPECT_TRUE(chars.get() == numbered_blob<std::vector<char>>(size)) << "the std::vector<char> arrived changed";
+    EXPECT_TRUE(bytes.get() == numbered_blob<std::vector<std::byte>>(size)) << "the std::vector<std::byte> arrived changed";
+    EXPECT_EQ(length.get(), size);
+    EXPECT_GE(injection.injected(Call::recvmsg), 100);
 }
 
 TEST_P(SyscallSeamTest, ARecordCutShortCostsOnlyTheTaskItCarried) {

@@ -49,6 +49,7 @@
 
 #include "sdfutures/bus.hpp"
 #include "sdfutures/completion.hpp"
+#include "sdfutures/detail/blob_reply.hpp"
 #include "sdfutures/detail/chunks.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
@@ -97,8 +98,9 @@ struct MapOptions {
 
 namespace detail {
 
-// Runs a task in a worker: decodes the arguments, calls the function, encodes the reply.
-using TaskInvoker = std::string (*)(std::uintptr_t function, std::string_view arguments, const WireLimits& limits);
+// Runs a task in a worker: decodes the arguments, calls the function, encodes the reply (a large blob result by
+// reference, blob_reply.hpp).
+using TaskInvoker = EncodedReply (*)(std::uintptr_t function, std::string_view arguments, const WireLimits& limits);
 
 struct TaskState;
 
@@ -109,15 +111,16 @@ public:
     PoolCore(const PoolCore&) = delete;
     PoolCore& operator=(const PoolCore&) = delete;
 
-    // `complete` gets the reply payload: it decodes it, fulfils the promise, and says what the promise holds
-    // (malformed: the payload was not a reply, and the promise holds the ProtocolError). `fail` gets an error the
-    // pool itself raised (worker death, timeout, unit stopped, cancellation). Exactly one of them is called, once.
+    // `complete` gets the reply payload, to keep (a std::string result is the payload itself, blob_reply.hpp): it
+    // decodes it, fulfils the promise, and says what the promise holds (malformed: the payload was not a reply,
+    // and the promise holds the ProtocolError). `fail` gets an error the pool itself raised (worker death,
+    // timeout, unit stopped, cancellation). Exactly one of them is called, once.
     enum class Reply { value, exception, malformed };
     struct Submission {
         TaskInvoker invoker;
         std::uintptr_t function;
         std::string arguments;
-        std::function<Reply(std::string_view reply)> complete;
+        std::function<Reply(std::string&& reply)> complete;
         std::function<void(std::exception_ptr)> fail;
     };
     std::shared_ptr<TaskState> submit(Submission submission);
@@ -147,7 +150,7 @@ template <class F>
 concept FunctionPointer = std::is_pointer_v<F> && std::is_function_v<std::remove_pointer_t<F>>;
 
 template <class R, class F, class... A>
-std::string invoke_task(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
+EncodedReply invoke_task(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
     std::tuple<A...> args;
     try {
         args = unpack_value<std::tuple<A...>>(arguments, limits);
@@ -169,7 +172,7 @@ std::string invoke_task(std::uintptr_t function, std::string_view arguments, con
 // outcome is encoded as its own reply (the replies), so that an element's exception stays that element's (see
 // <sdfutures/detail/chunks.hpp>).
 template <class R, class F, class A>
-std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
+EncodedReply invoke_chunk(std::uintptr_t function, std::string_view arguments, const WireLimits& limits) {
     std::vector<A> inputs;
     try {
         inputs = from_chunk_values<A>(unpack_value<ChunkValues<A>>(arguments, limits), "a map() chunk's inputs");
@@ -208,7 +211,7 @@ std::string invoke_chunk(std::uintptr_t function, std::string_view arguments, co
         replies.push_back(encode_exception_reply(first_error));
         for (++i; i < inputs.size(); ++i) {
             std::function<R()> one = [&] { return call(inputs[i]); };
-            replies.push_back(run_and_encode<R>(one, limits));
+            replies.push_back(run_and_encode<R>(one, limits).joined());
         }
         return body;
     };
@@ -426,7 +429,7 @@ private:
         const std::size_t size = chunk.size();
         detail::PoolCore::Submission s{
             &detail::invoke_chunk<R, Fn, Arg>, address, detail::pack_value(detail::to_chunk_values(std::move(chunk))),
-            [promise, size, limits = core_.limits()](std::string_view reply) {
+            [promise, size, limits = core_.limits()](std::string&& reply) {
                 return settle(*promise, [&] { return detail::decode_chunk<R>(reply, size, limits); });
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
@@ -469,8 +472,8 @@ private:
         detail::PoolCore::Submission s{
             &detail::invoke_task<R, Fn, A...>, function_address<Fn>(f),
             detail::pack_value(std::tuple<A...>(std::forward<Args>(args)...)),
-            [promise, limits = core_.limits()](std::string_view reply) {
-                return settle(*promise, [&] { return detail::decode_reply<R>(reply, limits); });
+            [promise, limits = core_.limits()](std::string&& reply) {
+                return settle(*promise, [&] { return detail::decode_reply<R>(std::move(reply), limits); });
             },
             [promise](std::exception_ptr error) { promise->set_exception(std::move(error)); }};
         return std::pair{std::move(s), std::move(future)};

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "sdfutures/bus.hpp"
+#include "sdfutures/detail/blob_reply.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/error.hpp"
 #include "sdfutures/properties.hpp"
@@ -112,22 +113,24 @@ public:
 template <class R, class Fn, class... Args>
 class PooledExecRun;
 
+// The reply to `call`: a large blob result is kept by reference, not copied (blob_reply.hpp).
 template <class R>
-std::string run_and_encode(const std::function<R()>& call, const WireLimits& limits) noexcept {
+EncodedReply run_and_encode(const std::function<R()>& call, const WireLimits& limits) noexcept {
     try {
         if constexpr (std::is_void_v<R>) {
             call();
             return encode_void_reply();
         } else {
-            return encode_value_reply(call(), limits);
+            return encode_reply(call(), limits);
         }
     } catch (...) {
         return encode_exception_reply(std::current_exception());
     }
 }
 
-// Writes a whole frame; a child whose parent stopped listening just ends.
-void write_reply_frame(int fd, const std::string& payload) noexcept;
+// Writes a whole frame (header, then the reply's head and blob in one writev); a child whose parent stopped
+// listening just ends.
+void write_reply_frame(int fd, const EncodedReply& payload) noexcept;
 
 }  // namespace detail
 

@@ -22,7 +22,7 @@ struct Plan {
     std::atomic<std::int64_t> calls{0};
     std::atomic<std::int64_t> injected{0};
 };
-std::array<Plan, 5> plans;
+std::array<Plan, 6> plans;
 
 Plan& plan_of(Call call) { return plans.at(static_cast<std::size_t>(call)); }
 
@@ -57,27 +57,46 @@ ssize_t injected_write(int fd, const void* data, std::size_t size) {
     return ::write(fd, data, size);
 }
 
+// The same iovecs with only the first `keep` bytes of them (the last ones dropped or shortened).
+std::size_t first_bytes(const iovec* parts, std::size_t count, std::size_t keep, std::array<iovec, 8>& out) {
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < count && keep > 0 && kept < out.size(); ++i) {
+        out[kept] = parts[i];
+        out[kept].iov_len = std::min(out[kept].iov_len, keep);
+        keep -= out[kept].iov_len;
+        ++kept;
+    }
+    return kept;
+}
+
+ssize_t injected_writev(int fd, const iovec* parts, int count) {
+    if (this_one(Call::writev)) {
+        if (!planned_short(Call::writev)) {
+            errno = planned_errno(Call::writev);
+            return -1;
+        }
+        std::size_t total = 0;
+        for (int i = 0; i < count; ++i) total += parts[i].iov_len;
+        std::array<iovec, 8> shorter{};
+        const std::size_t kept = first_bytes(parts, static_cast<std::size_t>(count), std::max<std::size_t>(total / 2, 1), shorter);
+        return ::writev(fd, shorter.data(), static_cast<int>(kept));
+    }
+    return ::writev(fd, parts, count);
+}
+
 ssize_t injected_sendmsg(int fd, const msghdr* message, int flags) {
     if (this_one(Call::sendmsg, (flags & MSG_DONTWAIT) != 0)) {
         if (!planned_short(Call::sendmsg)) {
             errno = planned_errno(Call::sendmsg);
             return -1;
         }
-        // The record cut to half its length: the same iovecs, the last ones dropped or shortened.
+        // The record cut to half its length.
         std::size_t total = 0;
         for (std::size_t i = 0; i < message->msg_iovlen; ++i) total += message->msg_iov[i].iov_len;
-        std::size_t keep = total / 2;
         std::array<iovec, 8> parts{};
-        std::size_t count = 0;
-        for (std::size_t i = 0; i < message->msg_iovlen && keep > 0 && count < parts.size(); ++i) {
-            parts[count] = message->msg_iov[i];
-            parts[count].iov_len = std::min(parts[count].iov_len, keep);
-            keep -= parts[count].iov_len;
-            ++count;
-        }
         msghdr shorter = *message;
         shorter.msg_iov = parts.data();
-        shorter.msg_iovlen = count;
+        shorter.msg_iovlen = first_bytes(message->msg_iov, message->msg_iovlen, total / 2, parts);
         return ::sendmsg(fd, &shorter, flags);
     }
     return ::sendmsg(fd, message, flags);
@@ -124,6 +143,7 @@ void SyscallInjection::inject(Call call, Injected how) {
         case Call::sendmsg: calls.sendmsg = injected_sendmsg; break;
         case Call::recvmsg: calls.recvmsg = injected_recvmsg; break;
         case Call::poll: calls.poll = injected_poll; break;
+        case Call::writev: calls.writev = injected_writev; break;
     }
 }
 

@@ -8,11 +8,11 @@
 
 namespace sdfutures::testing {
 
-enum class Call { read, write, sendmsg, recvmsg, poll };
+enum class Call { read, write, sendmsg, recvmsg, poll, writev };
 
 struct Injected {
     int error_number = 0;  // the errno of an injected failure; 0 with `short_transfer`
-    bool short_transfer = false;  // write: half the bytes; sendmsg: the record cut to half its length
+    bool short_transfer = false;  // write, writev: half the bytes; sendmsg: the record cut to half its length
     bool only_nonblocking = false;  // sendmsg/recvmsg: only calls with MSG_DONTWAIT (EAGAIN is only theirs)
     int every = 1;  // the n-th, 2n-th, ... call of this kind is the one that fails
     int times = 0;  // at most this many failures (0: no limit)

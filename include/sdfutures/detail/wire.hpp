@@ -111,8 +111,8 @@ std::string make_frame(std::string_view payload);
 //         while (std::optional<std::string> frame = reader.next()) handle(*frame);
 //
 // Memory: when a header arrives, the announced length (at most max_frame_bytes) is reserved at once so that the
-// payload never has to be moved while it grows. That reservation is address space only; pages are touched as
-// data actually arrives. If even the reservation fails, the buffer grows with the data instead.
+// payload never has to be moved while it grows, and a large one is advised for huge pages (huge_pages.hpp). That
+// reservation is address space only; pages are touched as data actually arrives. If even the reservation fails, the buffer grows with the data instead.
 //
 // A header announcing more than max_frame_bytes throws ProtocolError as soon as its fourth byte is seen. The
 // stream cannot be resynchronized after that: feed, write_area and commit keep throwing, while frames completed
