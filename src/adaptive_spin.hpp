@@ -32,8 +32,6 @@ public:
         typical_wait_ += (capped - typical_wait_) / 4;
     }
 
-    Duration typical_wait() const { return typical_wait_; }
-
 private:
     static constexpr Duration kCap = std::chrono::milliseconds(1);
     Duration budget_;

@@ -1,8 +1,8 @@
 #pragma once
 // The seam in front of the system calls that move the pool's and Command's data: every read, write, writev,
 // sendmsg, recvmsg and poll of the channel, the dispatcher, a process's reply pipe and the descriptor helpers, and
-// the madvise of large receive buffers, goes through sys::read, sys::write, ... here, which call what `calls()` holds: the C library's functions, unless a test installed others. Private to
-// the library.
+// the madvise of large receive buffers, goes through sys::read, sys::write, ... here, which call what `calls()`
+// holds: the C library's functions, unless a test installed others. Private to the library.
 //
 // Why: EINTR, EAGAIN and short transfers are the paths a loop gets wrong, and a real kernel produces them only
 // now and then. With the seam a test makes them happen on every call it chooses (tests/syscall_seam_test.cpp;
