@@ -2,13 +2,17 @@
 #include "sys.hpp"
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <new>
+#include <optional>
 
 #include "sdfutures/detail/huge_pages.hpp"
 #include "sdfutures/error.hpp"
@@ -26,37 +30,53 @@ static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
 
 [[noreturn]] void broken(const std::string& what) { throw ProtocolError("the worker's channel: " + what); }
 
-// Sends the record of the body `head` then `tail` that starts at `offset` of it: one sendmsg whatever part of
-// which piece the record carries, so a body given in two pieces is never joined into one. Returns the body bytes
-// it carried, or -1 with errno.
+// The record of the body `head` then `tail` that starts at `offset` of it, as iovecs in `parts` (header first):
+// whatever part of which piece the record carries, a body given in two pieces is never joined into one. Returns
+// how many of `parts` it used; `length` is the body bytes it carries.
+struct OutgoingRecord {
+    RecordHeader header;
+    iovec parts[3];
+    std::size_t count = 0;
+    std::size_t length = 0;
+
+    OutgoingRecord(std::uint64_t id, std::string_view head, std::string_view tail, std::size_t offset) noexcept
+        : header{id, head.size() + tail.size()} {
+        length = std::min(header.total - offset, kRecordBodyBytes);
+        parts[count++] = {&header, sizeof header};
+        if (offset < head.size()) {
+            const std::size_t from_head = std::min(head.size() - offset, length);
+            parts[count++] = {const_cast<char*>(head.data() + offset), from_head};
+            if (from_head < length) parts[count++] = {const_cast<char*>(tail.data()), length - from_head};
+        } else {
+            parts[count++] = {const_cast<char*>(tail.data() + (offset - head.size())), length};
+        }
+    }
+    OutgoingRecord(const OutgoingRecord&) = delete;  // parts[0] points at its own header
+    OutgoingRecord& operator=(const OutgoingRecord&) = delete;
+
+    std::size_t bytes() const noexcept { return sizeof header + length; }
+};
+
+// A SOCK_SEQPACKET record is sent whole or not at all; a short count (which only the syscall seam produces) means
+// the peer got a broken record, so the channel is as good as gone.
+bool sent_whole(std::size_t sent, const OutgoingRecord& record) noexcept {
+    if (sent == record.bytes()) return true;
+    errno = EPIPE;
+    return false;
+}
+
+// Sends one record (see OutgoingRecord). Returns the body bytes it carried, or -1 with errno.
 ssize_t send_record(int fd, std::uint64_t id, std::string_view head, std::string_view tail, std::size_t offset,
                     int flags) noexcept {
-    const std::size_t total = head.size() + tail.size();
-    RecordHeader header{id, total};
-    const std::size_t length = std::min(total - offset, kRecordBodyBytes);
-    iovec parts[3] = {{&header, sizeof header}, {}, {}};
-    std::size_t count = 1;
-    if (offset < head.size()) {
-        const std::size_t from_head = std::min(head.size() - offset, length);
-        parts[count++] = {const_cast<char*>(head.data() + offset), from_head};
-        if (from_head < length) parts[count++] = {const_cast<char*>(tail.data()), length - from_head};
-    } else {
-        parts[count++] = {const_cast<char*>(tail.data() + (offset - head.size())), length};
-    }
+    OutgoingRecord record(id, head, tail, offset);
     msghdr msg{};
-    msg.msg_iov = parts;
-    msg.msg_iovlen = count;
+    msg.msg_iov = record.parts;
+    msg.msg_iovlen = record.count;
     ssize_t n;
     do n = sys::sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
-    if (n < 0) return -1;
-    // A SOCK_SEQPACKET record is sent whole or not at all; a short count (which only the syscall seam produces)
-    // means the peer got a broken record, so the channel is as good as gone.
-    if (static_cast<std::size_t>(n) != sizeof header + length) {
-        errno = EPIPE;
-        return -1;
-    }
-    return static_cast<ssize_t>(length);
+    if (n < 0 || !sent_whole(static_cast<std::size_t>(n), record)) return -1;
+    return static_cast<ssize_t>(record.length);
 }
 
 }  // namespace
@@ -71,36 +91,122 @@ char* MessageBody::room(std::size_t offset, std::size_t count) {
     return bytes_.data() + offset;
 }
 
-MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
-    RecordHeader header{};
-    iovec parts[2] = {{&header, sizeof header}, {}};
-    if (in_message_) {  // straight into the message's own buffer: a large body is never copied
-        const std::size_t room = std::min(partial_.body.size() - received_, kRecordBodyBytes);
-        parts[1] = {partial_.body.room(received_, room), room};
-    } else {
-        if (!staging_) staging_.reset(new char[kRecordBodyBytes]);
-        parts[1] = {staging_.get(), kRecordBodyBytes};
+// The slots a receive fills between messages: each takes a record of any size a record may have.
+struct MessageReader::Ahead {
+    std::array<RecordHeader, kRecordsAhead> headers{};
+    std::array<std::array<iovec, 2>, kRecordsAhead> parts{};
+    std::array<mmsghdr, kRecordsAhead> records{};
+    // kRecordsAhead bodies of kRecordBodyBytes, mapped rather than allocated so that only the pages records land
+    // in are ever touched (a small record touches one page of its slot).
+    char* bodies = nullptr;
+    unsigned received = 0;  // slots the latest receive filled
+    unsigned next = 0;      // the next one to hand out
+
+    static constexpr std::size_t kBodiesBytes = std::size_t{kRecordsAhead} * kRecordBodyBytes;
+
+    Ahead() {
+        void* p = ::mmap(nullptr, kBodiesBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        bodies = static_cast<char*>(p);
     }
+    ~Ahead() { ::munmap(bodies, kBodiesBytes); }
+    Ahead(const Ahead&) = delete;
+    Ahead& operator=(const Ahead&) = delete;
+
+    char* body(unsigned slot) const noexcept { return bodies + std::size_t{slot} * kRecordBodyBytes; }
+    // Ready for the next receive (recvmmsg writes each slot's length and flags back).
+    void arm() noexcept {
+        for (unsigned i = 0; i < kRecordsAhead; ++i) {
+            parts[i] = {iovec{&headers[i], sizeof(RecordHeader)}, iovec{body(i), kRecordBodyBytes}};
+            records[i] = {};
+            records[i].msg_hdr.msg_iov = parts[i].data();
+            records[i].msg_hdr.msg_iovlen = 2;
+        }
+        received = next = 0;
+    }
+};
+
+MessageReader::MessageReader(std::size_t max_message_bytes) : max_message_bytes_(max_message_bytes) {}
+MessageReader::~MessageReader() = default;
+MessageReader::MessageReader(MessageReader&&) noexcept = default;
+MessageReader& MessageReader::operator=(MessageReader&&) noexcept = default;
+
+bool MessageReader::holds_records() const noexcept { return ahead_ && ahead_->next < ahead_->received; }
+
+bool MessageReader::drained() const noexcept { return socket_emptied_ && !holds_records(); }
+
+MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
+    if (!holds_records()) {
+        if (in_message_) return receive_into_message(fd, nonblocking);
+        if (!receive_ahead(fd, nonblocking)) return Got::nothing;
+    }
+    const unsigned slot = ahead_->next++;
+    const mmsghdr& record = ahead_->records[slot];
+    const RecordHeader& header = ahead_->headers[slot];
+    return accept_record(fd, header.id, header.total, ahead_->body(slot), record.msg_len, record.msg_hdr.msg_flags);
+}
+
+namespace {
+
+// The errors a receive retries. ECONNRESET: the peer ended with messages of ours unread. Kernels report that
+// once, and may do so before the records the peer sent while it lived, which are still to be read (its last
+// replies among them).
+bool retry_receive(int error) { return error == EINTR || error == ECONNRESET; }
+
+}  // namespace
+
+// Between messages: every record waiting, up to kRecordsAhead, into the slots. False when there was none.
+bool MessageReader::receive_ahead(int fd, bool nonblocking) {
+    if (!ahead_) ahead_ = std::make_unique<Ahead>();
+    ahead_->arm();
+    // Descriptors a worker sends along are not wanted: without a control buffer the kernel closes them.
+    // Blocking, MSG_WAITFORONE waits for the first record and takes the others only if they are there.
+    int n;
+    do n = sys::recvmmsg(fd, ahead_->records.data(), kRecordsAhead, nonblocking ? MSG_DONTWAIT : MSG_WAITFORONE);
+    while (n < 0 && retry_receive(errno));
+    socket_emptied_ = false;
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+        throw SystemError("recvmmsg", errno, "reading the worker's channel");
+    }
+    // 0 only when asked for no record; at end of stream the kernel fills slots with empty records.
+    if (n == 0) return false;
+    ahead_->received = static_cast<unsigned>(n);
+    socket_emptied_ = ahead_->received < kRecordsAhead;
+    return true;
+}
+
+// Inside a message: its next record straight into its body.
+MessageReader::Got MessageReader::receive_into_message(int fd, bool nonblocking) {
+    RecordHeader header{};
+    const std::size_t room = std::min(partial_.body.size() - received_, kRecordBodyBytes);
+    iovec parts[2] = {{&header, sizeof header}, {partial_.body.room(received_, room), room}};
     msghdr msg{};
     msg.msg_iov = parts;
     msg.msg_iovlen = 2;
+    socket_emptied_ = false;  // one record was asked for: what else is there is unknown
     ssize_t n;
-    // Descriptors a worker sends along are not wanted: without a control buffer the kernel closes them.
-    // ECONNRESET: the peer ended with messages of ours unread. Kernels report that once, and may do so before the
-    // records the peer sent while it lived, which are still to be read (its last replies among them).
     do n = sys::recvmsg(fd, &msg, nonblocking ? MSG_DONTWAIT : 0);
-    while (n < 0 && (errno == EINTR || errno == ECONNRESET));
+    while (n < 0 && retry_receive(errno));
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return Got::nothing;
         throw SystemError("recvmsg", errno, "reading the worker's channel");
     }
-    if (n == 0) {
-        // End of stream and an empty record both read as 0 bytes; only the first comes with a hang-up.
+    return accept_record(fd, header.id, header.total, nullptr, static_cast<std::size_t>(n), msg.msg_flags);
+}
+
+// Checks one received record of `length` bytes (header included) and adds its body to the message: from
+// `staged_body` (a receive-ahead slot), or already in place when that is null.
+MessageReader::Got MessageReader::accept_record(int fd, std::uint64_t id, std::uint64_t total,
+                                                const char* staged_body, std::size_t length, int flags) {
+    if (length == 0) {
+        // End of stream and an empty record both read as 0 bytes; only the first comes with a hang-up. Slots
+        // that might follow are not looked at: nothing more is read after either.
+        if (ahead_) ahead_->next = ahead_->received;
         if (sys::poll_now(fd, POLLRDHUP) & (POLLHUP | POLLRDHUP)) return Got::end;
         broken("an empty record (every record has a 16-byte header)");
     }
-    const auto length = static_cast<std::size_t>(n);
-    if (msg.msg_flags & MSG_TRUNC)
+    if (flags & MSG_TRUNC)
         broken(in_message_ ? "a record whose body runs past the " + std::to_string(partial_.body.size()) +
                                  "-byte message it belongs to"
                            : "a record larger than " + std::to_string(kRecordHeaderBytes + kRecordBodyBytes) + " bytes");
@@ -108,23 +214,30 @@ MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
         broken("a record of " + std::to_string(length) + " bytes, shorter than its 16-byte header");
     const std::size_t body = length - kRecordHeaderBytes;
     if (!in_message_) {
-        if (header.total > max_message_bytes_)
-            broken("a message of " + std::to_string(header.total) + " bytes, more than the limit of " +
+        if (total > max_message_bytes_)
+            broken("a message of " + std::to_string(total) + " bytes, more than the limit of " +
                    std::to_string(max_message_bytes_) + " (max_result_bytes)");
-        if (body > header.total)
-            broken("a record of " + std::to_string(body) + " body bytes in a message of " +
-                   std::to_string(header.total));
-        partial_.id = header.id;
-        partial_.body = MessageBody(static_cast<std::size_t>(header.total));
-        if (body) std::memcpy(partial_.body.room(0, body), staging_.get(), body);
+        if (body > total)
+            broken("a record of " + std::to_string(body) + " body bytes in a message of " + std::to_string(total));
+        partial_.id = id;
+        partial_.body = MessageBody(static_cast<std::size_t>(total));
+        if (body) std::memcpy(partial_.body.room(0, body), staged_body, body);
         received_ = body;
         in_message_ = true;
     } else {
-        if (header.id != partial_.id || header.total != partial_.body.size())
-            broken("a record of message " + std::to_string(header.id) + " (" + std::to_string(header.total) +
-                   " bytes) while message " + std::to_string(partial_.id) + " had " + std::to_string(received_) +
-                   " of its " + std::to_string(partial_.body.size()) + " bytes");
+        if (id != partial_.id || total != partial_.body.size())
+            broken("a record of message " + std::to_string(id) + " (" + std::to_string(total) + " bytes) while message " +
+                   std::to_string(partial_.id) + " had " + std::to_string(received_) + " of its " +
+                   std::to_string(partial_.body.size()) + " bytes");
         if (body == 0) broken("an empty record in the middle of message " + std::to_string(partial_.id));
+        // A staged record of a message begun in the same receive: it fits, as MSG_TRUNC would have said
+        // otherwise only for a direct one, so check here.
+        if (staged_body) {
+            if (body > partial_.body.size() - received_)
+                broken("a record whose body runs past the " + std::to_string(partial_.body.size()) +
+                       "-byte message it belongs to");
+            std::memcpy(partial_.body.room(received_, body), staged_body, body);
+        }
         received_ += body;
         partial_.body.keep(received_);
     }
@@ -169,16 +282,34 @@ void MessageWriter::queue(std::uint64_t id, std::string body) { queue_.push_back
 
 MessageWriter::Sent MessageWriter::flush(int fd) noexcept {
     while (!queue_.empty()) {
-        Pending& front = queue_.front();
-        ssize_t sent = send_record(fd, front.id, front.body, {}, offset_, MSG_DONTWAIT);
-        if (sent < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Sent::blocked : Sent::broken;
-        offset_ += static_cast<std::size_t>(sent);
-        if (offset_ >= front.body.size()) {
-            queue_.pop_front();
-            offset_ = 0;
+        // The next records in order: the rest of the front message, then the messages behind it.
+        std::optional<OutgoingRecord> records[MessageReader::kRecordsAhead];
+        mmsghdr batch[MessageReader::kRecordsAhead]{};
+        unsigned count = 0;
+        for (std::size_t m = 0; m < queue_.size() && count < MessageReader::kRecordsAhead; ++m) {
+            const Pending& message = queue_[m];
+            std::size_t offset = m == 0 ? offset_ : 0;
+            do {
+                auto& record = records[count].emplace(message.id, message.body, std::string_view{}, offset);
+                batch[count].msg_hdr.msg_iov = record.parts;
+                batch[count].msg_hdr.msg_iovlen = record.count;
+                offset += record.length;
+                ++count;
+            } while (offset < message.body.size() && count < MessageReader::kRecordsAhead);
+        }
+        int n;
+        do n = sys::sendmmsg(fd, batch, count, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Sent::blocked : Sent::broken;
+        for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
+            if (!sent_whole(batch[i].msg_len, *records[i])) return Sent::broken;
+            offset_ += records[i]->length;
+            if (offset_ >= queue_.front().body.size()) {
+                queue_.pop_front();
+                offset_ = 0;
+            }
         }
     }
     return Sent::all;
 }
-
 }  // namespace sdfutures::detail

@@ -74,26 +74,53 @@ struct Message {
 
 // Reassembles messages from records. Every check a hostile sender could fail throws ProtocolError saying what
 // was wrong; after one, the channel cannot be trusted and the reader must not be used again.
+//
+// Between messages the reader receives ahead: one recvmmsg(2) takes every record waiting, up to kRecordsAhead
+// (a worker's replies to its window of tasks, or the tasks sent to a worker), and read_record() hands them out
+// one a call before the socket is read again. The records of a message already begun go straight into its body
+// instead, one recvmsg each, so a large body is not copied.
 class MessageReader {
 public:
-    explicit MessageReader(std::size_t max_message_bytes) : max_message_bytes_(max_message_bytes) {}
+    explicit MessageReader(std::size_t max_message_bytes);
+    ~MessageReader();
+    MessageReader(MessageReader&&) noexcept;
+    MessageReader& operator=(MessageReader&&) noexcept;
+
+    // Records one receive takes at most: PoolOptions::max_window's default, so a worker's answers to a full
+    // window, or a window of tasks, come in one call.
+    static constexpr unsigned kRecordsAhead = 8;
 
     enum class Got { message, partial, nothing, end };
-    // One recvmsg(2) (MSG_DONTWAIT when `nonblocking`): `message` when that record completed a message (take it
-    // with take()), `partial` when it did not, `nothing` when no record was there (EAGAIN), `end` at end of
-    // stream. Throws ProtocolError (a broken record) or Error (recvmsg failed otherwise).
+    // The next record: one received ahead, or else from the socket (MSG_DONTWAIT when `nonblocking`; blocking,
+    // it waits for the first record only). `message` when that record completed a message (take it with
+    // take()), `partial` when it did not, `nothing` when no record was there (EAGAIN), `end` at end of stream.
+    // Throws ProtocolError (a broken record) or Error (the receive failed otherwise).
     Got read_record(int fd, bool nonblocking);
     Message take() noexcept { return std::move(complete_); }
     // True while part of a message has arrived: at end of stream, the peer stopped in the middle of one.
     bool mid_message() const noexcept { return in_message_; }
+    // Records received ahead and not handed out yet. The socket may be empty while the reader holds some: a
+    // caller that waits for POLLIN before reading must read these first.
+    bool holds_records() const noexcept;
+    // The latest receive took fewer records than it had room for and all of them were handed out: the socket
+    // was empty then, and a nonblocking caller may stop without another receive that would say EAGAIN (it polls
+    // before reading again, so a record that came meanwhile is not missed).
+    bool drained() const noexcept;
 
 private:
+    struct Ahead;  // the receive-ahead slots (channel.cpp)
+    Got receive_into_message(int fd, bool nonblocking);
+    bool receive_ahead(int fd, bool nonblocking);
+    Got accept_record(int fd, std::uint64_t id, std::uint64_t total, const char* staged_body, std::size_t length,
+                      int flags);
+
     std::size_t max_message_bytes_;
     bool in_message_ = false;
     std::size_t received_ = 0;
     Message partial_;
     Message complete_;
-    std::unique_ptr<char[]> staging_;
+    std::unique_ptr<Ahead> ahead_;  // allocated on the first receive
+    bool socket_emptied_ = false;   // the latest receive took fewer records than it had room for
 };
 
 // Sends one message, record by record, blocking; its body is `head` then `tail`, sent from where they are (a
@@ -111,7 +138,8 @@ public:
     void queue(std::uint64_t id, std::string body);
     enum class Sent { all, blocked, broken };
     // Sends records until the queue is empty (`all`), the socket is full (`blocked`: wait for POLLOUT), or the
-    // socket failed (`broken`: the peer is gone; errno says why).
+    // socket failed (`broken`: the peer is gone; errno says why). Up to MessageReader::kRecordsAhead records
+    // go in one sendmmsg(2): a window of tasks costs the dispatcher one call.
     Sent flush(int fd) noexcept;
     bool empty() const noexcept { return queue_.empty(); }
     void clear() noexcept { queue_.clear(), offset_ = 0; }

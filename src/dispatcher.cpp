@@ -191,6 +191,12 @@ std::optional<Clock::time_point> PoolCore::Impl::next_deadline() const {
 // nothing ready.
 void PoolCore::Impl::wait_for_events(PollSet& poll_set) {
     build_poll_set(poll_set);
+    // Records a reader took ahead are there to read now, whatever poll would say of the socket.
+    if (std::any_of(workers.begin(), workers.end(), [](const auto& w) { return !w->eof && w->reader.holds_records(); })) {
+        if (sys::poll(poll_set.fds.data(), poll_set.fds.size(), 0) < 0)
+            for (auto& p : poll_set.fds) p.revents = 0;
+        return;
+    }
     const auto began = Clock::now();
     if (!(spin.worth_it() && spin_for_events(poll_set, began))) sleep_for_events(poll_set);
     spin.observe(Clock::now() - began);
@@ -221,7 +227,7 @@ void PoolCore::Impl::handle_events(const PollSet& poll_set) {
     for (std::size_t i = 0; i < poll_set.workers.size(); ++i) {
         Worker& w = *poll_set.workers[i];
         const short revents = poll_set.worker_revents(i);
-        if (revents & (POLLIN | POLLHUP | POLLERR)) read_worker(w);
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) || w.reader.holds_records()) read_worker(w);
         if ((revents & POLLOUT) && !w.eof) flush_worker(w);
     }
     if (poll_set.revents(PollSet::fork_server_slot)) handle_server_events();
@@ -351,6 +357,8 @@ void PoolCore::Impl::read_worker(Worker& w) {
             return;
         }
         if (got == MessageReader::Got::message) handle_message(w, w.reader.take());
+        // The socket was empty when last read: asking again would only say EAGAIN (poll brings the loop back).
+        if (w.reader.drained()) return;
     }
 }
 

@@ -11,11 +11,16 @@ ssize_t libc_write(int fd, const void* data, std::size_t size) { return ::write(
 ssize_t libc_writev(int fd, const iovec* parts, int count) { return ::writev(fd, parts, count); }
 ssize_t libc_sendmsg(int fd, const msghdr* message, int flags) { return ::sendmsg(fd, message, flags); }
 ssize_t libc_recvmsg(int fd, msghdr* message, int flags) { return ::recvmsg(fd, message, flags); }
+int libc_sendmmsg(int fd, mmsghdr* messages, unsigned count, int flags) { return ::sendmmsg(fd, messages, count, flags); }
+int libc_recvmmsg(int fd, mmsghdr* messages, unsigned count, int flags) {
+    return ::recvmmsg(fd, messages, count, flags, nullptr);
+}
 int libc_poll(pollfd* fds, nfds_t count, int timeout_ms) { return ::poll(fds, count, timeout_ms); }
 int libc_madvise(void* address, std::size_t size, int advice) { return ::madvise(address, size, advice); }
 
 // Constant-initialized (no constructor runs), so a call made before main, or by a forked child, finds it filled.
-constinit Calls the_calls{libc_read, libc_write, libc_writev, libc_sendmsg, libc_recvmsg, libc_poll, libc_madvise};
+constinit Calls the_calls{libc_read, libc_write, libc_writev, libc_sendmsg, libc_recvmsg, libc_sendmmsg, libc_recvmmsg,
+                         libc_poll,  libc_madvise};
 
 }  // namespace
 
@@ -27,6 +32,8 @@ void restore_default_calls() noexcept {
     the_calls.writev.store(libc_writev);
     the_calls.sendmsg.store(libc_sendmsg);
     the_calls.recvmsg.store(libc_recvmsg);
+    the_calls.sendmmsg.store(libc_sendmmsg);
+    the_calls.recvmmsg.store(libc_recvmmsg);
     the_calls.poll.store(libc_poll);
     the_calls.madvise.store(libc_madvise);
 }

@@ -1,8 +1,8 @@
 #pragma once
 // The seam in front of the system calls that move the pool's and Command's data: every read, write, writev,
-// sendmsg, recvmsg and poll of the channel, the dispatcher, a process's reply pipe and the descriptor helpers, and
-// the madvise of large receive buffers, goes through sys::read, sys::write, ... here, which call what `calls()`
-// holds: the C library's functions, unless a test installed others. Private to the library.
+// sendmsg, recvmsg, sendmmsg, recvmmsg and poll of the channel, the dispatcher, a process's reply pipe and the
+// descriptor helpers, and the madvise of large receive buffers, goes through sys::read, sys::write, ... here, which
+// call what `calls()` holds: the C library's functions, unless a test installed others. Private to the library.
 //
 // Why: EINTR, EAGAIN and short transfers are the paths a loop gets wrong, and a real kernel produces them only
 // now and then. With the seam a test makes them happen on every call it chooses (tests/syscall_seam_test.cpp;
@@ -28,6 +28,9 @@ using WriteCall = ssize_t (*)(int fd, const void* data, std::size_t size);
 using WritevCall = ssize_t (*)(int fd, const iovec* parts, int count);
 using SendmsgCall = ssize_t (*)(int fd, const msghdr* message, int flags);
 using RecvmsgCall = ssize_t (*)(int fd, msghdr* message, int flags);
+// sendmmsg(2), recvmmsg(2) (without a timeout): several records in one call.
+using SendmmsgCall = int (*)(int fd, mmsghdr* messages, unsigned count, int flags);
+using RecvmmsgCall = int (*)(int fd, mmsghdr* messages, unsigned count, int flags);
 using PollCall = int (*)(pollfd* fds, nfds_t count, int timeout_ms);
 using MadviseCall = int (*)(void* address, std::size_t size, int advice);
 
@@ -37,6 +40,8 @@ struct Calls {
     std::atomic<WritevCall> writev;
     std::atomic<SendmsgCall> sendmsg;
     std::atomic<RecvmsgCall> recvmsg;
+    std::atomic<SendmmsgCall> sendmmsg;
+    std::atomic<RecvmmsgCall> recvmmsg;
     std::atomic<PollCall> poll;
     std::atomic<MadviseCall> madvise;
 };
@@ -59,6 +64,12 @@ inline ssize_t sendmsg(int fd, const msghdr* message, int flags) {
 }
 inline ssize_t recvmsg(int fd, msghdr* message, int flags) {
     return calls().recvmsg.load(std::memory_order_relaxed)(fd, message, flags);
+}
+inline int sendmmsg(int fd, mmsghdr* messages, unsigned count, int flags) {
+    return calls().sendmmsg.load(std::memory_order_relaxed)(fd, messages, count, flags);
+}
+inline int recvmmsg(int fd, mmsghdr* messages, unsigned count, int flags) {
+    return calls().recvmmsg.load(std::memory_order_relaxed)(fd, messages, count, flags);
 }
 inline int poll(pollfd* fds, nfds_t count, int timeout_ms) {
     return calls().poll.load(std::memory_order_relaxed)(fds, count, timeout_ms);

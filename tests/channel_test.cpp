@@ -9,9 +9,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "channel.hpp"
 #include "fd_util.hpp"
@@ -64,7 +66,8 @@ TEST(ChannelTest, EintrOnEverySecondSendAndReceiveNeitherLosesNorRepeatsARecord)
 TEST(ChannelTest, EagainOnTheOwnersNonBlockingSendsKeepsTheQueueUntilTheSocketTakesIt) {
     SocketPair pair;
     SyscallInjection injection;
-    injection.inject(Call::sendmsg, {.error_number = EAGAIN, .only_nonblocking = true, .every = 2});
+    // The first two sends (each of a batch of records) find the socket full.
+    injection.inject(Call::sendmsg, {.error_number = EAGAIN, .only_nonblocking = true, .times = 2});
     MessageWriter writer;
     const std::string first = numbered_body(3 * detail::kRecordBodyBytes / 2), second = "second";
     writer.queue(7, first);
@@ -83,6 +86,106 @@ TEST(ChannelTest, EagainOnTheOwnersNonBlockingSendsKeepsTheQueueUntilTheSocketTa
     ASSERT_TRUE(detail::receive_message(pair.worker.get(), reader, got));
     EXPECT_EQ(got.id, 8u);
     EXPECT_EQ(got.body.view(), second);
+}
+
+// A record as a hostile worker may write it: any header, any body.
+void send_raw_record(int fd, std::uint64_t id, std::uint64_t total, const std::string& body) {
+    std::string record(16, '\0');
+    std::memcpy(record.data(), &id, 8);
+    std::memcpy(record.data() + 8, &total, 8);
+    record += body;
+    ASSERT_EQ(::send(fd, record.data(), record.size(), 0), static_cast<ssize_t>(record.size()));
+}
+
+TEST(ChannelTest, TheWritersBatchesKeepEveryMessageWholeAndInOrder) {
+    SocketPair pair;
+    MessageWriter writer;
+    // More messages than one sendmmsg takes, a multi-record one among them, and an empty one.
+    std::vector<std::string> bodies;
+    for (int i = 0; i < 3 * static_cast<int>(MessageReader::kRecordsAhead); ++i)
+        bodies.push_back(i == 5 ? numbered_body(detail::kRecordBodyBytes + 100) : i == 9 ? "" : "task " + std::to_string(i));
+    for (std::size_t i = 0; i < bodies.size(); ++i) writer.queue(i + 1, bodies[i]);
+    std::thread sender([&] {
+        MessageWriter::Sent sent;
+        while ((sent = writer.flush(pair.owner.get())) == MessageWriter::Sent::blocked) ::usleep(100);
+        EXPECT_EQ(sent, MessageWriter::Sent::all);
+    });
+    MessageReader reader(1 << 20);
+    for (std::size_t i = 0; i < bodies.size(); ++i) {
+        Message got;
+        ASSERT_TRUE(detail::receive_message(pair.worker.get(), reader, got));
+        EXPECT_EQ(got.id, i + 1);
+        EXPECT_TRUE(got.body.view() == bodies[i]) << "message " << i + 1;
+    }
+    sender.join();
+}
+
+TEST(ChannelTest, RecordsReceivedAheadAreHandedOutInOrderAndTheReaderSaysWhenItHoldsNone) {
+    SocketPair pair;
+    for (std::uint64_t id = 1; id <= 5; ++id) ASSERT_TRUE(detail::send_message(pair.worker.get(), id, "reply " + std::to_string(id)));
+    MessageReader reader(64);
+    EXPECT_FALSE(reader.holds_records());
+    for (std::uint64_t id = 1; id <= 5; ++id) {
+        ASSERT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::message);
+        Message got = reader.take();
+        EXPECT_EQ(got.id, id);
+        EXPECT_EQ(got.body.view(), "reply " + std::to_string(id));
+        // One receive took all five: the other four are the reader's, not the socket's, until handed out.
+        EXPECT_EQ(reader.holds_records(), id < 5);
+        EXPECT_EQ(reader.drained(), id == 5) << "fewer than kRecordsAhead were waiting, so the socket was empty";
+    }
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::nothing);
+}
+
+TEST(ChannelTest, AMessageBegunInAReceiveAheadIsCompletedFromItsSlots) {
+    SocketPair pair;
+    const std::string big = numbered_body(detail::kRecordBodyBytes + 7);  // two records, both waiting with the others
+    std::thread sender([&] {
+        EXPECT_TRUE(detail::send_message(pair.worker.get(), 1, "small"));
+        EXPECT_TRUE(detail::send_message(pair.worker.get(), 2, big));
+        EXPECT_TRUE(detail::send_message(pair.worker.get(), 3, "after"));
+    });
+    sender.join();
+    MessageReader reader(big.size());
+    std::vector<Message> got;
+    while (got.size() < 3) {
+        const auto r = reader.read_record(pair.owner.get(), false);
+        ASSERT_NE(r, MessageReader::Got::end);
+        if (r == MessageReader::Got::message) got.push_back(reader.take());
+    }
+    EXPECT_EQ(got[0].body.view(), "small");
+    EXPECT_EQ(got[1].id, 2u);
+    EXPECT_TRUE(got[1].body.view() == big);
+    EXPECT_EQ(got[2].body.view(), "after");
+}
+
+TEST(ChannelTest, AReceivedAheadRecordRunningPastItsMessageIsAProtocolError) {
+    SocketPair pair;
+    // Both records land in one receive's slots, where the kernel cannot say MSG_TRUNC for the second.
+    send_raw_record(pair.worker.get(), 4, 10, "123456");
+    send_raw_record(pair.worker.get(), 4, 10, "78901234");
+    MessageReader reader(64);
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::partial);
+    try {
+        reader.read_record(pair.owner.get(), true);
+        FAIL() << "a record past the end of its message was taken";
+    } catch (const ProtocolError& e) {
+        EXPECT_NE(std::string(e.what()).find("runs past the 10-byte message"), std::string::npos) << e.what();
+    }
+}
+
+TEST(ChannelTest, AShortSendInAWritersBatchIsABrokenChannel) {
+    SocketPair pair;
+    SyscallInjection injection;
+    injection.inject(Call::sendmsg, {.short_transfer = true, .only_nonblocking = true});
+    MessageWriter writer;
+    writer.queue(1, "first");
+    writer.queue(2, "second");
+    errno = 0;
+    EXPECT_EQ(writer.flush(pair.owner.get()), MessageWriter::Sent::broken);
+    EXPECT_EQ(errno, EPIPE);
+    MessageReader reader(64);
+    EXPECT_THROW(reader.read_record(pair.worker.get(), true), ProtocolError) << "the cut record is never a message";
 }
 
 TEST(ChannelTest, EagainOnANonBlockingReadIsNothingAndTheRecordComesOnTheNextRead) {
@@ -165,7 +268,7 @@ TEST(ChannelTest, AFailingReadIsASystemErrorThatKeepsItsErrorCode) {
         reader.read_record(stale, true);
         FAIL() << "a read of a closed descriptor succeeded";
     } catch (const SystemError& e) {
-        EXPECT_EQ(e.call(), "recvmsg");
+        EXPECT_EQ(e.call(), "recvmmsg");
         EXPECT_EQ(e.code(), std::errc::bad_file_descriptor);
         EXPECT_EQ(e.code().value(), EBADF);
         EXPECT_NE(std::string(e.what()).find("EBADF"), std::string::npos) << e.what();

@@ -110,6 +110,37 @@ ssize_t injected_recvmsg(int fd, msghdr* message, int flags) {
     return ::recvmsg(fd, message, flags);
 }
 
+// sendmmsg: an injected failure is the call's (as the kernel fails it when its first record cannot go); a short
+// transfer sends only the first record, cut to half its length, and says so in its msg_len.
+int injected_sendmmsg(int fd, mmsghdr* messages, unsigned count, int flags) {
+    if (count > 0 && this_one(Call::sendmsg, (flags & MSG_DONTWAIT) != 0)) {
+        if (!planned_short(Call::sendmsg)) {
+            errno = planned_errno(Call::sendmsg);
+            return -1;
+        }
+        const msghdr& first = messages[0].msg_hdr;
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < first.msg_iovlen; ++i) total += first.msg_iov[i].iov_len;
+        std::array<iovec, 8> parts{};
+        msghdr shorter = first;
+        shorter.msg_iov = parts.data();
+        shorter.msg_iovlen = first_bytes(first.msg_iov, first.msg_iovlen, total / 2, parts);
+        const ssize_t n = ::sendmsg(fd, &shorter, flags);
+        if (n < 0) return -1;
+        messages[0].msg_len = static_cast<unsigned>(n);
+        return 1;
+    }
+    return ::sendmmsg(fd, messages, count, flags);
+}
+
+int injected_recvmmsg(int fd, mmsghdr* messages, unsigned count, int flags) {
+    if (this_one(Call::recvmsg, (flags & MSG_DONTWAIT) != 0)) {
+        errno = planned_errno(Call::recvmsg);
+        return -1;
+    }
+    return ::recvmmsg(fd, messages, count, flags, nullptr);
+}
+
 int injected_poll(pollfd* fds, nfds_t count, int timeout_ms) {
     if (this_one(Call::poll)) {
         errno = planned_errno(Call::poll);
@@ -140,8 +171,14 @@ void SyscallInjection::inject(Call call, Injected how) {
     switch (call) {
         case Call::read: calls.read = injected_read; break;
         case Call::write: calls.write = injected_write; break;
-        case Call::sendmsg: calls.sendmsg = injected_sendmsg; break;
-        case Call::recvmsg: calls.recvmsg = injected_recvmsg; break;
+        case Call::sendmsg:
+            calls.sendmsg = injected_sendmsg;
+            calls.sendmmsg = injected_sendmmsg;
+            break;
+        case Call::recvmsg:
+            calls.recvmsg = injected_recvmsg;
+            calls.recvmmsg = injected_recvmmsg;
+            break;
         case Call::poll: calls.poll = injected_poll; break;
         case Call::writev: calls.writev = injected_writev; break;
     }

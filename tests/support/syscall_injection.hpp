@@ -8,6 +8,7 @@
 
 namespace sdfutures::testing {
 
+// sendmsg and recvmsg stand for the channel's record calls: their plans apply to sendmmsg and recvmmsg too.
 enum class Call { read, write, sendmsg, recvmsg, poll, writev };
 
 struct Injected {
