@@ -131,11 +131,14 @@ MessageReader::~MessageReader() = default;
 MessageReader::MessageReader(MessageReader&&) noexcept = default;
 MessageReader& MessageReader::operator=(MessageReader&&) noexcept = default;
 
-bool MessageReader::holds_records() const noexcept { return ahead_ && ahead_->next < ahead_->received; }
+bool MessageReader::holds_records() const noexcept {
+    return !packed_.empty() || (ahead_ && ahead_->next < ahead_->received);
+}
 
 bool MessageReader::drained() const noexcept { return socket_emptied_ && !holds_records(); }
 
 MessageReader::Got MessageReader::read_record(int fd, bool nonblocking) {
+    if (!packed_.empty()) return next_packed();
     if (!holds_records()) {
         if (in_message_) return receive_into_message(fd, nonblocking);
         if (!receive_ahead(fd, nonblocking)) return Got::nothing;
@@ -213,6 +216,15 @@ MessageReader::Got MessageReader::accept_record(int fd, std::uint64_t id, std::u
     if (length < kRecordHeaderBytes)
         broken("a record of " + std::to_string(length) + " bytes, shorter than its 16-byte header");
     const std::size_t body = length - kRecordHeaderBytes;
+    if (id == kPackedRecordId) {
+        // Only between messages, and only in a slot: a record read straight into a message's body is part of it.
+        if (in_message_ || !staged_body)
+            broken("a packed record in the middle of message " + std::to_string(partial_.id));
+        if (total != body || body == 0)
+            broken("a packed record of " + std::to_string(body) + " body bytes that says " + std::to_string(total));
+        packed_ = {staged_body, body};
+        return next_packed();
+    }
     if (!in_message_) {
         if (total > max_message_bytes_)
             broken("a message of " + std::to_string(total) + " bytes, more than the limit of " +
@@ -249,6 +261,29 @@ MessageReader::Got MessageReader::accept_record(int fd, std::uint64_t id, std::u
     return Got::message;
 }
 
+// The next entry of a packed record, a whole message: it stays in the slot until handed out, and is checked then.
+MessageReader::Got MessageReader::next_packed() {
+    if (packed_.size() < kRecordHeaderBytes)
+        broken("a packed record with " + std::to_string(packed_.size()) +
+               " bytes left, less than an entry's 16-byte header");
+    RecordHeader entry;
+    std::memcpy(&entry, packed_.data(), sizeof entry);
+    packed_.remove_prefix(sizeof entry);
+    if (entry.id == kPackedRecordId) broken("a packed record inside a packed record");
+    if (entry.total > packed_.size())
+        broken("a packed entry of " + std::to_string(entry.total) + " bytes with " + std::to_string(packed_.size()) +
+               " left in its record");
+    if (entry.total > max_message_bytes_)
+        broken("a message of " + std::to_string(entry.total) + " bytes, more than the limit of " +
+               std::to_string(max_message_bytes_) + " (max_result_bytes)");
+    const auto size = static_cast<std::size_t>(entry.total);
+    complete_.id = entry.id;
+    complete_.body = MessageBody(size);
+    if (size) std::memcpy(complete_.body.room(0, size), packed_.data(), size);
+    packed_.remove_prefix(size);
+    return Got::message;
+}
+
 bool send_message(int fd, std::uint64_t id, std::string_view head, std::string_view tail) noexcept {
     const std::size_t total = head.size() + tail.size();
     std::size_t offset = 0;
@@ -280,36 +315,121 @@ bool receive_message(int fd, MessageReader& reader, Message& out) {
 
 void MessageWriter::queue(std::uint64_t id, std::string body) { queue_.push_back({id, std::move(body)}); }
 
+// The records of one sendmmsg: each is part of one message (plain) or several whole ones (packed), its iovecs
+// pointing into the queued bodies.
+struct MessageWriter::Batch {
+    static constexpr unsigned kRecords = MessageReader::kRecordsAhead;
+    // Enough for a window of small tasks in one record; bounded so the iovecs stay far below UIO_MAXIOV.
+    static constexpr std::size_t kEntriesPerRecord = 64;
+
+    struct Record {
+        RecordHeader header;
+        std::array<RecordHeader, kEntriesPerRecord> entries;
+        std::array<iovec, 1 + 2 * kEntriesPerRecord> parts;
+        std::size_t parts_used = 0;
+        std::size_t bytes = 0;       // the whole record, header included
+        std::size_t messages = 0;    // packed: the whole messages it carries; plain: 0
+        std::size_t body_bytes = 0;  // plain: the bytes of the front message's body it carries
+
+        // Packs the whole messages from `first` on that fit in one record (at most kEntriesPerRecord): how many
+        // it packed, or 0 when fewer than two fit (one goes as a plain record: nothing is gained by packing it).
+        template <typename Queue>
+        std::size_t pack(const Queue& queue, std::size_t first) noexcept {
+            std::size_t room = kRecordBodyBytes, n = 0, part = 1;
+            for (; first + n < queue.size() && n < kEntriesPerRecord; ++n) {
+                const auto& message = queue[first + n];
+                const std::size_t size = message.body.size();
+                if (kRecordHeaderBytes + size > room) break;
+                room -= kRecordHeaderBytes + size;
+                entries[n] = {message.id, size};
+                parts[part++] = {&entries[n], kRecordHeaderBytes};
+                if (size) parts[part++] = {const_cast<char*>(message.body.data()), size};
+            }
+            if (n < 2) return 0;
+            header = {kPackedRecordId, kRecordBodyBytes - room};
+            parts[0] = {&header, sizeof header};
+            parts_used = part;
+            bytes = sizeof header + header.total;
+            messages = n;
+            body_bytes = 0;
+            return n;
+        }
+
+        // The record of `body` that starts at `offset`.
+        void plain(std::uint64_t id, const std::string& body, std::size_t offset) noexcept {
+            const std::size_t length = std::min(body.size() - offset, kRecordBodyBytes);
+            header = {id, body.size()};
+            parts[0] = {&header, sizeof header};
+            parts[1] = {const_cast<char*>(body.data() + offset), length};
+            parts_used = 2;
+            bytes = sizeof header + length;
+            messages = 0;
+            body_bytes = length;
+        }
+    };
+    std::array<Record, kRecords> records;
+    std::array<mmsghdr, kRecords> headers;
+    unsigned count = 0;
+};
+
+MessageWriter::MessageWriter() : batch_(std::make_unique<Batch>()) {}
+MessageWriter::~MessageWriter() = default;
+MessageWriter::MessageWriter(MessageWriter&&) noexcept = default;
+MessageWriter& MessageWriter::operator=(MessageWriter&&) noexcept = default;
+
+
+// The next records in order: the rest of the front message, then the messages behind it, small ones packed.
+void MessageWriter::build(Batch& batch) const noexcept {
+    batch.count = 0;
+    std::size_t m = 0, offset = offset_;
+    while (batch.count < Batch::kRecords && m < queue_.size()) {
+        Batch::Record& r = batch.records[batch.count];
+        if (const std::size_t packed = offset == 0 ? r.pack(queue_, m) : 0) {
+            m += packed;
+        } else {
+            r.plain(queue_[m].id, queue_[m].body, offset);
+            offset += r.body_bytes;
+            if (offset >= queue_[m].body.size()) ++m, offset = 0;
+        }
+        mmsghdr& h = batch.headers[batch.count++];
+        h = {};
+        h.msg_hdr.msg_iov = r.parts.data();
+        h.msg_hdr.msg_iovlen = r.parts_used;
+    }
+}
+
+// Drops what the first `sent` records of the batch carried. False (errno EPIPE) for a record the kernel took
+// only in part, which a SOCK_SEQPACKET socket never does but the syscall seam may: the peer got a broken record.
+bool MessageWriter::advance(const Batch& batch, unsigned sent) noexcept {
+    for (unsigned i = 0; i < sent; ++i) {
+        const Batch::Record& r = batch.records[i];
+        if (batch.headers[i].msg_len != r.bytes) {
+            errno = EPIPE;
+            return false;
+        }
+        if (r.messages) {
+            for (std::size_t k = 0; k < r.messages; ++k) queue_.pop_front();
+            continue;
+        }
+        offset_ += r.body_bytes;
+        if (offset_ >= queue_.front().body.size()) {
+            queue_.pop_front();
+            offset_ = 0;
+        }
+    }
+    return true;
+}
+
 MessageWriter::Sent MessageWriter::flush(int fd) noexcept {
     while (!queue_.empty()) {
-        // The next records in order: the rest of the front message, then the messages behind it.
-        std::optional<OutgoingRecord> records[MessageReader::kRecordsAhead];
-        mmsghdr batch[MessageReader::kRecordsAhead]{};
-        unsigned count = 0;
-        for (std::size_t m = 0; m < queue_.size() && count < MessageReader::kRecordsAhead; ++m) {
-            const Pending& message = queue_[m];
-            std::size_t offset = m == 0 ? offset_ : 0;
-            do {
-                auto& record = records[count].emplace(message.id, message.body, std::string_view{}, offset);
-                batch[count].msg_hdr.msg_iov = record.parts;
-                batch[count].msg_hdr.msg_iovlen = record.count;
-                offset += record.length;
-                ++count;
-            } while (offset < message.body.size() && count < MessageReader::kRecordsAhead);
-        }
+        build(*batch_);
         int n;
-        do n = sys::sendmmsg(fd, batch, count, MSG_DONTWAIT | MSG_NOSIGNAL);
+        do n = sys::sendmmsg(fd, batch_->headers.data(), batch_->count, MSG_DONTWAIT | MSG_NOSIGNAL);
         while (n < 0 && errno == EINTR);
         if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK ? Sent::blocked : Sent::broken;
-        for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
-            if (!sent_whole(batch[i].msg_len, *records[i])) return Sent::broken;
-            offset_ += records[i]->length;
-            if (offset_ >= queue_.front().body.size()) {
-                queue_.pop_front();
-                offset_ = 0;
-            }
-        }
+        if (!advance(*batch_, static_cast<unsigned>(n))) return Sent::broken;
     }
     return Sent::all;
 }
+
 }  // namespace sdfutures::detail

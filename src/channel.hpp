@@ -18,9 +18,16 @@
 //     body    := 0 .. kRecordBodyBytes bytes, the next part of the message's body
 //
 // A message is the records with one id, in order, until their bodies add up to `total` (a message of 0 bytes is
-// one record with an empty body). Records of two messages never interleave. The message bodies are those of
-// wire.hpp: task messages [invoker, function, arguments] owner → worker; reply payloads worker → owner, whose id
-// is that of the task they answer.
+// one record with an empty body). Records of two messages never interleave.
+//
+// A packed record (id kPackedRecordId, `total` its own body size) carries two or more whole messages, each as
+// an entry := id total body, the entries filling the body exactly. The owner packs the small tasks it sends a
+// worker at once: each record costs the kernel an allocation, a copy and a wake-up whatever its size, which is
+// most of what a trivial task costs the dispatcher. Replies are never packed: a worker sends each as its task
+// returns (fork_server.cpp says why). A reader takes packed records from either side.
+//
+// The message bodies are those of wire.hpp: task messages [invoker, function, arguments] owner → worker; reply
+// payloads worker → owner, whose id is that of the task they answer.
 //
 // Bootstrap on the same channel, before any task (the protocol, shared with TransientUnitProcess, is
 // bootstrap.hpp's): the owner's release message (id 0, body: the unit's main pid as a 4-byte pid_t) lets the worker
@@ -39,6 +46,7 @@
 namespace sdfutures::detail {
 
 inline constexpr std::size_t kRecordHeaderBytes = 16;
+inline constexpr std::uint64_t kPackedRecordId = ~std::uint64_t{0};
 // Well inside the default socket send buffer (net.core.wmem_default, 208 KiB), which a record must fit whole.
 inline constexpr std::size_t kRecordBodyBytes = 64u << 10;
 
@@ -101,7 +109,7 @@ public:
     bool mid_message() const noexcept { return in_message_; }
     // Records received ahead and not handed out yet. The socket may be empty while the reader holds some: a
     // caller that waits for POLLIN before reading must read these first.
-    bool holds_records() const noexcept;
+    bool holds_records() const noexcept;  // or messages of a packed record
     // The latest receive took fewer records than it had room for and all of them were handed out: the socket
     // was empty then, and a nonblocking caller may stop without another receive that would say EAGAIN (it polls
     // before reading again, so a record that came meanwhile is not missed).
@@ -113,6 +121,7 @@ private:
     bool receive_ahead(int fd, bool nonblocking);
     Got accept_record(int fd, std::uint64_t id, std::uint64_t total, const char* staged_body, std::size_t length,
                       int flags);
+    Got next_packed();
 
     std::size_t max_message_bytes_;
     bool in_message_ = false;
@@ -121,6 +130,7 @@ private:
     Message complete_;
     std::unique_ptr<Ahead> ahead_;  // allocated on the first receive
     bool socket_emptied_ = false;   // the latest receive took fewer records than it had room for
+    std::string_view packed_;       // the entries of a packed record still to hand out (in a receive-ahead slot)
 };
 
 // Sends one message, record by record, blocking; its body is `head` then `tail`, sent from where they are (a
@@ -135,11 +145,16 @@ bool receive_message(int fd, MessageReader& reader, Message& out);
 // The owner's side of sending: messages queued in order and sent as the socket takes them, never blocking.
 class MessageWriter {
 public:
+    MessageWriter();
+    ~MessageWriter();
+    MessageWriter(MessageWriter&&) noexcept;
+    MessageWriter& operator=(MessageWriter&&) noexcept;
+
     void queue(std::uint64_t id, std::string body);
     enum class Sent { all, blocked, broken };
     // Sends records until the queue is empty (`all`), the socket is full (`blocked`: wait for POLLOUT), or the
     // socket failed (`broken`: the peer is gone; errno says why). Up to MessageReader::kRecordsAhead records
-    // go in one sendmmsg(2): a window of tasks costs the dispatcher one call.
+    // go in one sendmmsg(2), and small messages queued together go packed, several to a record.
     Sent flush(int fd) noexcept;
     bool empty() const noexcept { return queue_.empty(); }
     void clear() noexcept { queue_.clear(), offset_ = 0; }
@@ -149,8 +164,13 @@ private:
         std::uint64_t id;
         std::string body;
     };
+    struct Batch;  // the records of one sendmmsg (channel.cpp)
+    void build(Batch& batch) const noexcept;
+    bool advance(const Batch& batch, unsigned sent) noexcept;
+
     std::deque<Pending> queue_;
     std::size_t offset_ = 0;  // bytes of the front message's body already sent
+    std::unique_ptr<Batch> batch_;  // allocated on the first flush, reused
 };
 
 }  // namespace sdfutures::detail

@@ -49,7 +49,8 @@ TEST(ChannelTest, EintrOnEverySecondSendAndReceiveNeitherLosesNorRepeatsARecord)
     SocketPair pair;
     SyscallInjection injection;
     injection.inject(Call::sendmsg, {.error_number = EINTR, .every = 2});
-    injection.inject(Call::recvmsg, {.error_number = EINTR, .every = 2});
+    // The first three receives, whichever they are: one receive may take all the records waiting.
+    injection.inject(Call::recvmsg, {.error_number = EINTR, .times = 3});
     // Five records and a bit: more than the socket buffer, so the sender blocks and the two interleave.
     const std::string body = numbered_body(5 * detail::kRecordBodyBytes + 1234);
     std::thread sender([&] { EXPECT_TRUE(detail::send_message(pair.worker.get(), 42, body)); });
@@ -118,6 +119,76 @@ TEST(ChannelTest, TheWritersBatchesKeepEveryMessageWholeAndInOrder) {
         EXPECT_TRUE(got.body.view() == bodies[i]) << "message " << i + 1;
     }
     sender.join();
+}
+
+TEST(ChannelTest, SmallMessagesQueuedTogetherTravelPackedInOneRecord) {
+    SocketPair pair;
+    MessageWriter writer;
+    for (std::uint64_t id = 1; id <= 20; ++id) writer.queue(id, "task " + std::to_string(id));
+    ASSERT_EQ(writer.flush(pair.owner.get()), MessageWriter::Sent::all);
+    // What the kernel carries: one record, not twenty.
+    char record[4096];
+    ASSERT_GT(::recv(pair.worker.get(), record, sizeof record, MSG_PEEK), 16);
+    std::uint64_t id;
+    std::memcpy(&id, record, 8);
+    EXPECT_EQ(id, detail::kPackedRecordId);
+    MessageReader reader(64);
+    for (std::uint64_t expected = 1; expected <= 20; ++expected) {
+        ASSERT_EQ(reader.read_record(pair.worker.get(), true), MessageReader::Got::message);
+        Message got = reader.take();
+        EXPECT_EQ(got.id, expected);
+        EXPECT_EQ(got.body.view(), "task " + std::to_string(expected));
+        EXPECT_EQ(reader.holds_records(), expected < 20) << "the rest of the packed record is the reader's";
+    }
+    EXPECT_EQ(reader.read_record(pair.worker.get(), true), MessageReader::Got::nothing) << "the socket held one record";
+}
+
+// A packed record as a hostile peer may write it, and what the reader must say of it.
+struct BadPacked {
+    std::string name;
+    std::string body;  // the packed record's body; its header says its true size unless `total` does otherwise
+    std::string expected;
+    std::uint64_t total = ~std::uint64_t{0};
+};
+
+std::string entry(std::uint64_t id, std::uint64_t total, const std::string& body) {
+    std::string e(16, '\0');
+    std::memcpy(e.data(), &id, 8);
+    std::memcpy(e.data() + 8, &total, 8);
+    return e + body;
+}
+
+TEST(ChannelTest, EveryBrokenPackedRecordIsAProtocolErrorSayingWhatWasWrong) {
+    const std::vector<BadPacked> cases = {
+        {"an entry running past its record", entry(1, 10, "abc"), "a packed entry of 10 bytes with 3 left"},
+        {"bytes after the last entry", entry(1, 3, "abc") + "xyz", "3 bytes left, less than an entry's 16-byte header"},
+        {"a packed record inside one", entry(detail::kPackedRecordId, 0, "") + entry(1, 0, ""), "inside a packed record"},
+        {"a header that lies about the size", entry(1, 3, "abc"), "that says 99", 99},
+        {"no entries at all", "", "a packed record of 0 body bytes"},
+        {"an entry over the reader's limit", entry(1, 100, std::string(100, 'x')), "more than the limit of 64"},
+    };
+    for (const auto& c : cases) {
+        SocketPair pair;
+        send_raw_record(pair.worker.get(), detail::kPackedRecordId, c.total == ~std::uint64_t{0} ? c.body.size() : c.total,
+                        c.body);
+        MessageReader reader(64);
+        try {
+            // Entries before the broken one are handed out; the broken one throws.
+            while (reader.read_record(pair.owner.get(), true) == MessageReader::Got::message) reader.take();
+            ADD_FAILURE() << c.name << ": taken without an error";
+        } catch (const ProtocolError& e) {
+            EXPECT_NE(std::string(e.what()).find(c.expected), std::string::npos) << c.name << ": " << e.what();
+        }
+    }
+}
+
+TEST(ChannelTest, APackedRecordInTheMiddleOfAMessageIsAProtocolError) {
+    SocketPair pair;
+    send_raw_record(pair.worker.get(), 4, 10, "123456");
+    send_raw_record(pair.worker.get(), detail::kPackedRecordId, 16 + 4, entry(5, 4, "four"));
+    MessageReader reader(64);
+    EXPECT_EQ(reader.read_record(pair.owner.get(), true), MessageReader::Got::partial);
+    EXPECT_THROW(reader.read_record(pair.owner.get(), true), ProtocolError);
 }
 
 TEST(ChannelTest, RecordsReceivedAheadAreHandedOutInOrderAndTheReaderSaysWhenItHoldsNone) {
