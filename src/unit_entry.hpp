@@ -24,19 +24,21 @@ struct EntryFailure {
 // What a child has before it enters, of what entry may change: the values fork(2) copied from the process that
 // forked it. Entry calls only what changes one of them (setrlimit for a differing resource, PR_CAPBSET_DROP for a
 // capability the child has and the unit lacks, ...): eight workers entering at once on two cores otherwise spend
-// their time in some hundred system calls each that change nothing. A value that could not be read is unknown
-// (nullopt, a namespace inode 0), and entry then does what it did before it knew: inspect or apply it anyway.
+// their time in some hundred system calls each that change nothing. A value not known (nullopt, a namespace inode
+// 0) is applied or inspected anyway, as entry did before it knew any.
 struct InheritedState {
     std::array<std::uint64_t, kEntryNamespaces.size()> namespace_inodes{};  // of /proc/self/ns/<kEntryNamespaces[i]>
-    std::uint64_t bounding_set = 0;  // the capabilities PR_CAPBSET_READ reports, up to the kernel's last
+    std::optional<std::uint64_t> bounding_set;  // the capabilities PR_CAPBSET_READ reports, up to the kernel's last
     std::array<std::optional<struct rlimit>, RLIM_NLIMITS> rlimits{};
     std::optional<int> nice;
-    mode_t umask = 0;
-    bool no_new_privs = false;
+    std::optional<mode_t> umask;
+    std::optional<bool> no_new_privs;
 };
 
 // The calling process's own values, read with system calls only (nothing opened: the caller may be at its
 // descriptor limit). A process forked afterwards has the same, as long as the caller changes none of them first.
+// Some hundred calls: worth it for a fork server, which reads them once for all its workers; a child that enters
+// alone would spend as much reading them as applying everything.
 InheritedState read_inherited_state() noexcept;
 
 struct EntryRequest {
@@ -44,7 +46,8 @@ struct EntryRequest {
     int keep_fd = -1;         // the library's pipe; becomes fd 3
     bool keep_stdio = false;  // keep the parent's stdout/stderr instead of /dev/null
     // What the child inherited, read by its parent before forking it (a pool's fork server reads it once for all
-    // its workers); null: the child reads its own (read_inherited_state) as it enters.
+    // its workers); null: nothing is known, and the child applies every step (a TransientUnitProcess's child, the
+    // only one its parent forks).
     const InheritedState* inherited = nullptr;
 };
 

@@ -251,8 +251,8 @@ struct Entered {
     char failed_step[128] = {};
 };
 
-// Forks a child that enters by `plan` (with `inherited` as its parent's reading of it, or reading its own) and
-// reports what it then has.
+// Forks a child that enters by `plan` (with `inherited` as its parent's reading of what it has, or knowing nothing)
+// and reports what it then has.
 Entered enter_in_child(const EntryPlan& plan, const InheritedState* inherited) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
@@ -304,9 +304,10 @@ TEST(EntryPlanTest, TheInheritedStateIsWhatTheProcessHas) {
         EXPECT_EQ(own.rlimits[r]->rlim_cur, ours.rlim_cur) << "resource " << r;
         EXPECT_EQ(own.rlimits[r]->rlim_max, ours.rlim_max) << "resource " << r;
     }
+    ASSERT_TRUE(own.bounding_set.has_value());
     for (int cap = 0; cap <= 63; ++cap) {
         const int ours = ::prctl(PR_CAPBSET_READ, cap);
-        EXPECT_EQ((own.bounding_set >> cap) & 1, ours == 1 ? 1u : 0u) << "capability " << cap;
+        EXPECT_EQ((*own.bounding_set >> cap) & 1, ours == 1 ? 1u : 0u) << "capability " << cap;
     }
     EXPECT_EQ(own.nice, ::getpriority(PRIO_PROCESS, 0));
     const mode_t ours = ::umask(022);
@@ -333,9 +334,9 @@ TEST(EntryPlanTest, AChildEntersWithThePlansValuesWhetherTheyEqualWhatItInherite
     if (::geteuid() == 0) different.bounding_set &= ~((1ull << CAP_NET_RAW) | (1ull << CAP_SYS_ADMIN));
     const InheritedState read_by_parent = read_inherited_state();
     expect_entered_by(enter_in_child(same, &read_by_parent), same, "equal, read by the parent");
-    expect_entered_by(enter_in_child(same, nullptr), same, "equal, read by the child");
+    expect_entered_by(enter_in_child(same, nullptr), same, "equal, nothing known");
     expect_entered_by(enter_in_child(different, &read_by_parent), different, "different, read by the parent");
-    expect_entered_by(enter_in_child(different, nullptr), different, "different, read by the child");
+    expect_entered_by(enter_in_child(different, nullptr), different, "different, nothing known");
 }
 
 }  // namespace
