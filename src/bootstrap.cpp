@@ -10,7 +10,6 @@
 #include "fd_util.hpp"
 #include "overlapped_attach.hpp"
 #include "sdfutures/error.hpp"
-#include "sys.hpp"
 #include "sdfutures/detail/wire.hpp"
 #include "sdfutures/manager.hpp"
 
@@ -41,15 +40,9 @@ void write_release_pipe(int fd, std::string_view release) {
 }
 
 std::optional<std::string> read_release_pipe(int fd) {
-    std::string release;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = sys::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 || release.size() + static_cast<std::size_t>(n) > kMaxReleaseBytes) return std::nullopt;
-        if (n == 0) return release.empty() ? std::nullopt : std::optional(std::move(release));
-        release.append(buf, static_cast<std::size_t>(n));
-    }
+    std::optional<std::string> release = read_to_end(fd, kMaxReleaseBytes);
+    if (release && release->empty()) return std::nullopt;
+    return release;
 }
 
 int enter_when_released(const EntryRequest& entry, const std::function<std::optional<std::string>()>& receive_release,

@@ -12,25 +12,23 @@
 
 #include "fd_util.hpp"
 #include "sdfutures/error.hpp"
-#include "sys.hpp"
 
 namespace sdfutures::detail {
 namespace {
 
+// Far beyond any /proc file entry reads (the environment is the largest, and the release it goes into is bounded
+// by kMaxReleaseBytes anyway): only a bound on what a read may take.
+constexpr std::size_t kMaxProcFileBytes = 16u << 20;
+
 // /proc/PID/<name>, read whole through the descriptor of /proc/PID: once the process is gone, its files refuse to
-// open (ESRCH) rather than show another process that got the pid since.
+// open (ESRCH) rather than show another process that got the pid since. False with errno set when it cannot.
 bool read_proc_file(int proc_dir, const char* name, std::string& out) {
     Fd fd(::openat(proc_dir, name, O_RDONLY | O_CLOEXEC));
     if (!fd) return false;
-    out.clear();
-    char buf[4096];
-    for (;;) {
-        ssize_t n = sys::read(fd.get(), buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return false;
-        if (n == 0) return true;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
+    std::optional<std::string> text = read_to_end(fd.get(), kMaxProcFileBytes);
+    if (!text) return false;
+    out = std::move(*text);
+    return true;
 }
 
 [[noreturn]] void refuse(std::string step, int err, const std::string& detail) {

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace sdfutures::detail {
@@ -62,6 +63,27 @@ ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds,
         }
     }
     return n;
+}
+
+std::optional<std::string> read_to_end(int fd, std::size_t max_bytes) {
+    constexpr std::size_t kChunkBytes = 4096;
+    std::string out;
+    for (;;) {
+        // Room for one byte past the bound, so that an input longer than it shows as such.
+        const std::size_t room = max_bytes - out.size();
+        const std::size_t want = room >= kChunkBytes ? kChunkBytes : room + 1;
+        const std::size_t had = out.size();
+        out.resize(had + want);
+        const ssize_t n = sys::read(fd, out.data() + had, want);
+        out.resize(had + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return std::nullopt;
+        if (n == 0) return out;
+        if (out.size() > max_bytes) {
+            errno = EFBIG;
+            return std::nullopt;
+        }
+    }
 }
 
 bool write_all(int fd, const void* data, size_t size) noexcept {

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstddef>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -50,6 +51,11 @@ ssize_t receive_with_fds(int socket, void* data, size_t size, std::span<Fd> fds 
 
 // write(2) to a pipe whose reader may be gone, without SIGPIPE killing this process.
 ssize_t write_without_sigpipe(int fd, const char* data, size_t size) noexcept;
+
+// read(2) until end of file, through interruptions (EINTR). Returns what was read, or nullopt on any other error
+// (errno says which) and on more than `max_bytes` (errno EFBIG): each caller bounds what it takes, and reports a
+// longer input as it reports a failed read.
+std::optional<std::string> read_to_end(int fd, std::size_t max_bytes);
 
 // write(2) until done or an error other than EINTR; false on error.
 bool write_all(int fd, const void* data, size_t size) noexcept;

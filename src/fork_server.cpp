@@ -46,9 +46,10 @@ constexpr std::size_t kMaxTaskMessageBytes = std::size_t{1} << 30;
 // on its way, or the owner would blame the wrong task. Each reply carries the id of the task it answers.
 // How a worker forked outside the unit gets into it (bootstrap.hpp): the release comes as the first record on its
 // channel. Returns the descriptor its channel is on afterwards.
-int enter_after_release(int socket, pid_t server, const WorkerConfig& config, MessageReader& reader) {
+int enter_after_release(int socket, pid_t server, const WorkerConfig& config, const InheritedState& inherited,
+                        MessageReader& reader) {
     return enter_when_released(
-        EntryRequest{.parent_pid = server, .keep_fd = socket, .keep_stdio = config.keep_stdio},
+        EntryRequest{.parent_pid = server, .keep_fd = socket, .keep_stdio = config.keep_stdio, .inherited = &inherited},
         [&]() -> std::optional<std::string> {
             Message release;
             if (!receive_message(socket, reader, release) || release.id != 0) return std::nullopt;
@@ -70,7 +71,8 @@ int settle_in_unit(int socket) {
 // is sent as soon as its task returns, never held back to batch with the next: if the next task crashes the
 // worker, the finished one's result must already be on its way, or the owner would blame the wrong task. Each
 // reply carries the id of the task it answers.
-[[noreturn]] void worker_main(int socket, int heartbeat_page, pid_t server, const WorkerConfig& config) {
+[[noreturn]] void worker_main(int socket, int heartbeat_page, pid_t server, const WorkerConfig& config,
+                              const InheritedState& inherited) {
     detach_from_owner_state();
     if (heartbeat_page >= 0) {
         // Mapped before the channel moves and the other descriptors close: the mapping outlives the descriptor.
@@ -80,7 +82,8 @@ int settle_in_unit(int socket) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != server) ::_exit(127);
     MessageReader reader(kMaxTaskMessageBytes);
-    const int fd = config.born_in_unit ? settle_in_unit(socket) : enter_after_release(socket, server, config, reader);
+    const int fd =
+        config.born_in_unit ? settle_in_unit(socket) : enter_after_release(socket, server, config, inherited, reader);
     if (config.initializer) {
         try {
             config.initializer();
@@ -117,7 +120,8 @@ int settle_in_unit(int socket) {
 }
 
 // Forks one worker; reports it (with its socket and pidfd) or the failure on the control socket.
-void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector<pid_t>& workers) {
+void spawn_worker(const WorkerConfig& config, const InheritedState& inherited, pid_t self, int sigfd,
+                  std::vector<pid_t>& workers) {
     Fd page;
     if (config.heartbeat) {
         page = create_heartbeat_page();
@@ -137,7 +141,7 @@ void spawn_worker(const WorkerConfig& config, pid_t self, int sigfd, std::vector
     if (pid == 0) {
         ::close(pair[0]);
         ::close(sigfd);
-        worker_main(pair[1], page.get(), self, config);
+        worker_main(pair[1], page.get(), self, config, inherited);
     }
     ::close(pair[1]);
     // The pidfd is opened here, by the worker's parent, before this loop can reap it: the pid cannot have been
@@ -193,6 +197,12 @@ int thread_count() noexcept {
     sigaddset(&chld, SIGCHLD);
     ::sigprocmask(SIG_BLOCK, &chld, nullptr);  // NOLINT(concurrency-mt-unsafe): the fork server has one thread
     int sigfd = ::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    // What every worker will have when it enters its unit, read here once rather than by each worker: a worker is a
+    // fork of this process, which changes none of it from here on. Not by the owner: a server forked from the
+    // zygote (StartMethod::forkserver) has the zygote's rlimits, nice, umask, ..., which are those of the program
+    // at sdfutures::init(), not necessarily the owner's now. A server born in the unit forks workers that enter
+    // nothing.
+    const InheritedState inherited = config.born_in_unit ? InheritedState{} : read_inherited_state();
     std::vector<pid_t> workers;
     const pid_t self = ::getpid();
     auto report_exits = [&] {
@@ -229,7 +239,7 @@ int thread_count() noexcept {
             ForkServerRequest request{};
             ssize_t n = receive_with_fds(kControlFd, &request, sizeof request);
             if (n <= 0) break;
-            for (uint32_t i = 0; i < request.spawn_count; ++i) spawn_worker(config, self, sigfd, workers);
+            for (uint32_t i = 0; i < request.spawn_count; ++i) spawn_worker(config, inherited, self, sigfd, workers);
         }
     }
     for (pid_t pid : workers) ::kill(pid, SIGKILL);

@@ -8,8 +8,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -324,6 +326,65 @@ TEST(ChannelTest, WriteAllSurvivesShortWritesAndEintrWithEveryByteInOrder) {
     write_end.reset();
     reader.join();
     EXPECT_TRUE(received == data + data);
+}
+
+// A pipe holding `data`, its write end closed: what read_to_end reads to its end.
+Fd pipe_holding(const std::string& data) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category());
+    Fd read_end(fds[0]), write_end(fds[1]);
+    ::fcntl(write_end.get(), F_SETPIPE_SZ, static_cast<int>(std::max<std::size_t>(data.size(), 4096)));
+    if (!detail::write_all(write_end.get(), data.data(), data.size())) throw std::runtime_error("write_all");
+    return read_end;
+}
+
+TEST(ChannelTest, ReadToEndSurvivesEintrWithEveryByteInOrder) {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    Fd read_end(fds[0]), write_end(fds[1]);
+    const std::string data = numbered_body(1 << 20);  // far more than a pipe holds: many reads, the writer waits
+    std::thread writer([&] {
+        EXPECT_TRUE(detail::write_all(write_end.get(), data.data(), data.size()));
+        write_end.reset();
+    });
+    SyscallInjection injection;
+    injection.inject(Call::read, {.error_number = EINTR, .every = 2});
+    std::optional<std::string> got = detail::read_to_end(read_end.get(), data.size());
+    writer.join();
+    ASSERT_TRUE(got.has_value()) << std::strerror(errno);
+    EXPECT_TRUE(*got == data);
+    EXPECT_GE(injection.injected(Call::read), 100);
+}
+
+TEST(ChannelTest, ReadToEndTakesUpToItsBoundAndNoMore) {
+    const std::string data = numbered_body(10000);
+    EXPECT_EQ(detail::read_to_end(pipe_holding(data).get(), data.size()), data) << "exactly the bound";
+    EXPECT_EQ(detail::read_to_end(pipe_holding(data).get(), 1 << 20), data) << "less than the bound";
+    EXPECT_EQ(detail::read_to_end(pipe_holding("").get(), 16), std::string()) << "nothing is no error";
+    errno = 0;
+    EXPECT_EQ(detail::read_to_end(pipe_holding(data).get(), data.size() - 1), std::nullopt) << "one byte too many";
+    EXPECT_EQ(errno, EFBIG);
+    errno = 0;
+    EXPECT_EQ(detail::read_to_end(pipe_holding("x").get(), 0), std::nullopt);
+    EXPECT_EQ(errno, EFBIG);
+}
+
+TEST(ChannelTest, ReadToEndReportsAFailedReadWithItsErrno) {
+    const std::string data = numbered_body(10000);
+    {
+        SyscallInjection injection;
+        injection.inject(Call::read, {.error_number = EIO, .every = 2});  // the second read fails
+        errno = 0;
+        EXPECT_EQ(detail::read_to_end(pipe_holding(data).get(), data.size()), std::nullopt);
+        EXPECT_EQ(errno, EIO);
+        EXPECT_EQ(injection.injected(Call::read), 1);
+    }
+    Fd closed = pipe_holding(data);
+    const int stale = closed.get();
+    closed.reset();
+    errno = 0;
+    EXPECT_EQ(detail::read_to_end(stale, data.size()), std::nullopt);
+    EXPECT_EQ(errno, EBADF);
 }
 
 TEST(ChannelTest, AFailingReadIsASystemErrorThatKeepsItsErrorCode) {

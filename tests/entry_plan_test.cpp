@@ -1,6 +1,8 @@
 // The entry plan (src/entry_plan.hpp): what the owner reads from a unit's main process and sends as the release.
 // Read from a cat of this test's own, it is what that cat has; encoded and decoded, it is the same plan; and a
-// release that is short, long, or out of range decodes to nothing (the child then exits 127, bootstrap.hpp).
+// release that is short, long, or out of range decodes to nothing (the child then exits 127, bootstrap.hpp). And a
+// child entering by a plan (unit_entry.hpp) ends with the plan's limits, bounding set, nice and umask whether they
+// equal what it inherited (entry skips those calls) or not, and whether its parent read its state for it or not.
 // No manager.
 
 #include <gtest/gtest.h>
@@ -15,8 +17,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
+
+#include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -24,6 +30,7 @@
 
 #include "entry_plan.hpp"
 #include "fd_util.hpp"
+#include "unit_entry.hpp"
 #include "sdfutures/error.hpp"
 
 namespace sdfutures::testing {
@@ -35,6 +42,10 @@ using detail::EntryPlan;
 using detail::Fd;
 using detail::kEntryNamespaces;
 using detail::read_entry_plan;
+using detail::EntryFailure;
+using detail::EntryRequest;
+using detail::InheritedState;
+using detail::read_inherited_state;
 
 // /bin/cat reading a pipe of ours, as a unit's anchor does; ended (EOF, then waited for) when it goes.
 class Cat {
@@ -228,6 +239,104 @@ TEST(EntryPlanTest, AnythingButAWholePlanDecodesToNothing) {
     std::string long_environment = whole;
     long_environment[whole.size() - example_plan().environment.size() - 1] = '\x7f';
     EXPECT_FALSE(decode_entry_plan(long_environment));
+}
+
+// What a child that entered by a plan has, as it reports it on its pipe.
+struct Entered {
+    bool ok = false;
+    std::array<struct rlimit, RLIM_NLIMITS> rlimits{};
+    std::uint64_t bounding_set = 0;
+    int nice = 0;
+    mode_t umask = 0;
+    char failed_step[128] = {};
+};
+
+// Forks a child that enters by `plan` (with `inherited` as its parent's reading of what it has, or knowing nothing)
+// and reports what it then has.
+Entered enter_in_child(const EntryPlan& plan, const InheritedState* inherited) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
+    Fd read_end(fds[0]), write_end(fds[1]);
+    const pid_t parent = ::getpid();
+    const pid_t child = ::fork();
+    if (child < 0) throw std::runtime_error("fork");
+    if (child == 0) {
+        read_end.reset();
+        Entered e;
+        EntryFailure failure;
+        e.ok = detail::enter_unit(
+            EntryRequest{.parent_pid = parent, .keep_fd = write_end.get(), .keep_stdio = true, .inherited = inherited},
+            plan, failure);
+        if (!e.ok) std::snprintf(e.failed_step, sizeof e.failed_step, "%s", failure.step.c_str());
+        for (std::size_t r = 0; r < e.rlimits.size(); ++r) ::getrlimit(static_cast<__rlimit_resource>(r), &e.rlimits[r]);
+        for (int cap = 0; cap <= 63 && ::prctl(PR_CAPBSET_READ, cap) >= 0; ++cap)
+            if (::prctl(PR_CAPBSET_READ, cap) == 1) e.bounding_set |= 1ull << cap;
+        e.nice = ::getpriority(PRIO_PROCESS, 0);
+        e.umask = ::umask(0);
+        (void)!::write(failure.channel_fd, &e, sizeof e);
+        ::_exit(0);
+    }
+    write_end.reset();
+    Entered e;
+    const ssize_t n = ::read(read_end.get(), &e, sizeof e);
+    ::waitpid(child, nullptr, 0);
+    if (n != static_cast<ssize_t>(sizeof e)) throw std::runtime_error("the child reported nothing");
+    return e;
+}
+
+void expect_entered_by(const Entered& e, const EntryPlan& plan, const char* which) {
+    ASSERT_TRUE(e.ok) << which << ": " << e.failed_step;
+    for (std::size_t r = 0; r < plan.rlimits.size(); ++r) {
+        EXPECT_EQ(e.rlimits[r].rlim_cur, plan.rlimits[r].rlim_cur) << which << ", resource " << r;
+        EXPECT_EQ(e.rlimits[r].rlim_max, plan.rlimits[r].rlim_max) << which << ", resource " << r;
+    }
+    EXPECT_EQ(e.bounding_set, plan.bounding_set) << which;
+    EXPECT_EQ(e.nice, plan.nice) << which;
+    EXPECT_EQ(e.umask, plan.umask) << which;
+}
+
+TEST(EntryPlanTest, TheInheritedStateIsWhatTheProcessHas) {
+    const InheritedState own = read_inherited_state();
+    for (std::size_t r = 0; r < own.rlimits.size(); ++r) {
+        struct rlimit ours {};
+        ASSERT_EQ(::getrlimit(static_cast<__rlimit_resource>(r), &ours), 0);
+        ASSERT_TRUE(own.rlimits[r].has_value()) << "resource " << r;
+        EXPECT_EQ(own.rlimits[r]->rlim_cur, ours.rlim_cur) << "resource " << r;
+        EXPECT_EQ(own.rlimits[r]->rlim_max, ours.rlim_max) << "resource " << r;
+    }
+    ASSERT_TRUE(own.bounding_set.has_value());
+    for (int cap = 0; cap <= 63; ++cap) {
+        const int ours = ::prctl(PR_CAPBSET_READ, cap);
+        EXPECT_EQ((*own.bounding_set >> cap) & 1, ours == 1 ? 1u : 0u) << "capability " << cap;
+    }
+    EXPECT_EQ(own.nice, ::getpriority(PRIO_PROCESS, 0));
+    const mode_t ours = ::umask(022);
+    ::umask(ours);
+    EXPECT_EQ(own.umask, ours);
+    EXPECT_EQ(own.no_new_privs, ::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1);
+    for (std::size_t i = 0; i < kEntryNamespaces.size(); ++i)
+        EXPECT_EQ(own.namespace_inodes[i], own_namespace(kEntryNamespaces[i])) << kEntryNamespaces[i];
+}
+
+TEST(EntryPlanTest, AChildEntersWithThePlansValuesWhetherTheyEqualWhatItInheritedOrNot) {
+    Cat cat;
+    const EntryPlan same = read_entry_plan(cat.pid());  // what this process has: entry skips every call
+    // Lower limits, a higher nice value, another umask and (as root, who may) a smaller bounding set: what any
+    // process may take on, so the child must end with exactly these.
+    EntryPlan different = same;
+    for (int resource : {RLIMIT_NOFILE, RLIMIT_CORE}) {
+        struct rlimit& limit = different.rlimits.at(static_cast<std::size_t>(resource));
+        limit.rlim_max = limit.rlim_max == RLIM_INFINITY ? 1u << 20 : limit.rlim_max / 2;
+        limit.rlim_cur = std::min<rlim_t>(limit.rlim_cur == RLIM_INFINITY ? 1u << 19 : limit.rlim_cur / 2, limit.rlim_max);
+    }
+    different.nice = std::min(same.nice + 3, 19);
+    different.umask = same.umask == 077 ? 027 : 077;
+    if (::geteuid() == 0) different.bounding_set &= ~((1ull << CAP_NET_RAW) | (1ull << CAP_SYS_ADMIN));
+    const InheritedState read_by_parent = read_inherited_state();
+    expect_entered_by(enter_in_child(same, &read_by_parent), same, "equal, read by the parent");
+    expect_entered_by(enter_in_child(same, nullptr), same, "equal, nothing known");
+    expect_entered_by(enter_in_child(different, &read_by_parent), different, "different, read by the parent");
+    expect_entered_by(enter_in_child(different, nullptr), different, "different, nothing known");
 }
 
 }  // namespace

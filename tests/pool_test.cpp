@@ -15,6 +15,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -126,6 +127,69 @@ TEST_P(PoolTest, WorkersRunAsNobodyWithNobodysGroupsAndOnlyTheLibrarysDescriptor
     }
     for (pid_t pid : pool.worker_pids())
         EXPECT_NE(testing::cgroup_of(pid).find(pool.unit().name()), std::string::npos);
+}
+
+// A process's RLIMIT_NOFILE and RLIMIT_CORE (soft, hard each) and its capability bounding set; pid 0: this one.
+struct LimitsAndBounds {
+    std::vector<std::uint64_t> limits;
+    std::uint64_t bounding_set = 0;
+    MSGPACK_DEFINE(limits, bounding_set);
+    bool operator==(const LimitsAndBounds&) const = default;
+};
+
+std::uint64_t bounding_set_of(pid_t pid) {
+    std::ifstream in(pid == 0 ? std::string("/proc/self/status") : "/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(in, line);)
+        if (line.starts_with("CapBnd:")) return std::strtoull(line.c_str() + 7, nullptr, 16);
+    ADD_FAILURE() << "no CapBnd for " << pid;
+    return 0;
+}
+
+LimitsAndBounds limits_and_bounds_of(pid_t pid) {
+    LimitsAndBounds l;
+    for (int resource : {RLIMIT_NOFILE, RLIMIT_CORE}) {
+        struct rlimit r {};
+        EXPECT_EQ(::prlimit(pid, static_cast<__rlimit_resource>(resource), nullptr, &r), 0) << pid;
+        l.limits.push_back(r.rlim_cur);
+        l.limits.push_back(r.rlim_max);
+    }
+    l.bounding_set = bounding_set_of(pid);
+    return l;
+}
+
+LimitsAndBounds own_limits_and_bounds() { return limits_and_bounds_of(0); }
+
+std::string limit_text(std::uint64_t soft, std::uint64_t hard) {
+    auto one = [](std::uint64_t v) { return v == RLIM_INFINITY ? std::string("infinity") : std::to_string(v); };
+    return one(soft) + ":" + one(hard);
+}
+
+// Entry calls setrlimit and drops capabilities only where the unit's main process differs from what a worker
+// inherited (unit_entry.hpp): both ways, a worker ends with the unit's. A forked pool refuses
+// CapabilityBoundingSet= (systemd applies it only to what it executes), so there the unit's bounding set is the
+// manager's; entry_plan_test drops capabilities from a forked child's by a plan.
+TEST_P(PoolTest, WorkersHaveTheUnitsRlimitsAndBoundingSetWhetherTheyDifferFromTheOwnersOrNot) {
+    auto workers_match_the_main_process = [&](const Properties& properties, const char* which) {
+        TransientUnitPoolExecutor pool(properties, with_method({.max_workers = 2}));
+        const LimitsAndBounds unit = limits_and_bounds_of(static_cast<pid_t>(pool.unit().main_pid()));
+        for (const LimitsAndBounds& worker : pool.map([](int) { return own_limits_and_bounds(); }, std::vector<int>{1, 2}))
+            EXPECT_EQ(worker, unit) << which;
+        return unit;
+    };
+    const LimitsAndBounds owner = own_limits_and_bounds();
+    const LimitsAndBounds equal = workers_match_the_main_process(
+        {{"LimitNOFILE", limit_text(owner.limits[0], owner.limits[1])},
+         {"LimitCORE", limit_text(owner.limits[2], owner.limits[3])}},
+        "the owner's limits");
+    EXPECT_EQ(equal.limits, owner.limits) << "the unit took the owner's limits";
+    Properties other{{"LimitNOFILE", owner.limits[1] == 200 ? "100:150" : "100:200"},
+                     {"LimitCORE", owner.limits[2] == 12345 ? "23456:67890" : "12345:67890"}};
+    if (GetParam() == StartMethod::exec) other.set("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE CAP_KILL");
+    const LimitsAndBounds different = workers_match_the_main_process(other, "other limits");
+    EXPECT_NE(different.limits, owner.limits);
+    if (GetParam() == StartMethod::exec) {
+        EXPECT_EQ(different.bounding_set, (1ull << 10) | (1ull << 5));  // CAP_NET_BIND_SERVICE, CAP_KILL
+    }
 }
 
 TEST_P(PoolTest, EachFaultFailsExactlyItsOwnFutureAndThePoolGoesOn) {

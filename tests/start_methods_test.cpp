@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -314,6 +315,42 @@ TEST_F(StartMethodsTest, ASecretTheOwnerAllocatedLaterIsInAForkedWorkerAndNotInA
         const bool found = pool.submit(&memory_holds, hidden).get();
         EXPECT_EQ(found, method == StartMethod::fork) << "method " << static_cast<int>(method);
     }
+}
+
+// A worker's RLIMIT_CORE (soft, hard) and umask.
+std::vector<std::uint64_t> core_limit_and_umask() {
+    struct rlimit core {};
+    ::getrlimit(RLIMIT_CORE, &core);
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    return {core.rlim_cur, core.rlim_max, mask};
+}
+
+TEST_F(StartMethodsTest, AWorkerHasTheUnitsRlimitsAndUmaskEvenWhereTheOwnersChangedSinceInitAndEqualTheUnits) {
+    // The zygote a forkserver pool's workers come from was forked at sdfutures::init() (test_main), with the
+    // owner's values then; the owner changes its own after. A worker that judged "nothing to change" by the owner's
+    // values instead of its own would keep the zygote's.
+    struct rlimit before {};
+    ASSERT_EQ(::getrlimit(RLIMIT_CORE, &before), 0);
+    const mode_t umask_before = ::umask(0);
+    ::umask(umask_before);
+    struct rlimit changed = before;
+    changed.rlim_cur = before.rlim_cur == 4096 ? 8192 : 4096;
+    if (changed.rlim_max != RLIM_INFINITY && changed.rlim_max < changed.rlim_cur) changed.rlim_max = changed.rlim_cur;
+    ASSERT_EQ(::setrlimit(RLIMIT_CORE, &changed), 0);
+    const mode_t changed_umask = umask_before == 027 ? 077 : 027;
+    ::umask(changed_umask);
+    const std::string hard = changed.rlim_max == RLIM_INFINITY ? "infinity" : std::to_string(changed.rlim_max);
+    const Properties properties{{"LimitCORE", std::to_string(changed.rlim_cur) + ":" + hard},
+                                {"UMask", "0" + std::to_string(changed_umask == 027 ? 27 : 77)}};
+    const std::vector<std::uint64_t> expected{changed.rlim_cur, changed.rlim_max, changed_umask};
+    for (StartMethod method : {StartMethod::fork, StartMethod::forkserver}) {
+        TransientUnitPoolExecutor pool(properties, {.max_workers = 2, .start_method = method});
+        for (const auto& got : pool.map([](int) { return core_limit_and_umask(); }, std::vector<int>{1, 2}))
+            EXPECT_EQ(got, expected) << "method " << static_cast<int>(method);
+    }
+    ::setrlimit(RLIMIT_CORE, &before);
+    ::umask(umask_before);
 }
 
 std::mutex& held_lock() {
