@@ -12,7 +12,6 @@
 #include <cerrno>
 #include <cstring>
 #include <new>
-#include <optional>
 
 #include "sdfutures/detail/huge_pages.hpp"
 #include "sdfutures/error.hpp"
@@ -30,9 +29,9 @@ static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
 
 [[noreturn]] void broken(const std::string& what) { throw ProtocolError("the worker's channel: " + what); }
 
-// The record of the body `head` then `tail` that starts at `offset` of it, as iovecs in `parts` (header first):
-// whatever part of which piece the record carries, a body given in two pieces is never joined into one. Returns
-// how many of `parts` it used; `length` is the body bytes it carries.
+// The record of the body `head` then `tail` that starts at `offset` of it, as the first `count` iovecs of
+// `parts` (header first): whatever part of which piece the record carries, a body given in two pieces is never
+// joined into one. `length` is the body bytes it carries.
 struct OutgoingRecord {
     RecordHeader header;
     iovec parts[3];
@@ -242,8 +241,8 @@ MessageReader::Got MessageReader::accept_record(int fd, std::uint64_t id, std::u
                    std::to_string(partial_.id) + " had " + std::to_string(received_) + " of its " +
                    std::to_string(partial_.body.size()) + " bytes");
         if (body == 0) broken("an empty record in the middle of message " + std::to_string(partial_.id));
-        // A staged record of a message begun in the same receive: it fits, as MSG_TRUNC would have said
-        // otherwise only for a direct one, so check here.
+        // A slot takes any whole record, so the kernel's MSG_TRUNC cannot say that one runs past its message,
+        // as it does for a record received straight into the body: checked here.
         if (staged_body) {
             if (body > partial_.body.size() - received_)
                 broken("a record whose body runs past the " + std::to_string(partial_.body.size()) +
@@ -376,7 +375,6 @@ MessageWriter::MessageWriter() : batch_(std::make_unique<Batch>()) {}
 MessageWriter::~MessageWriter() = default;
 MessageWriter::MessageWriter(MessageWriter&&) noexcept = default;
 MessageWriter& MessageWriter::operator=(MessageWriter&&) noexcept = default;
-
 
 // The next records in order: the rest of the front message, then the messages behind it, small ones packed.
 void MessageWriter::build(Batch& batch) const noexcept {
